@@ -1,0 +1,42 @@
+"""resgen: a compiler of fused residual-plus-normalization CUDA kernels."""
+
+from __future__ import annotations
+
+from resgen.catalog import catalog
+from resgen.errors import (
+    BackendUnavailableError,
+    CompileError,
+    IRTypeError,
+    LaunchError,
+    PlanError,
+    ResgenError,
+    SpecError,
+    VerifyError,
+)
+from resgen.ir.block import Block, Output, Value
+from resgen.ir.builder import (
+    abs,
+    cast,
+    dropout,
+    layer_norm,
+    maximum,
+    rms_norm,
+    row_max,
+    row_mean,
+    row_sum,
+    rsqrt,
+    sqrt,
+)
+from resgen.ir.dtypes import DType, bf16, f16, f32
+from resgen.passes import pipeline
+from resgen.reference import reference
+from resgen.signature import Outputs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError", "Block", "CompileError", "DType", "IRTypeError", "LaunchError", "Output",
+    "Outputs", "PlanError", "ResgenError", "SpecError", "Value", "VerifyError", "abs", "bf16", "cast",
+    "catalog", "dropout", "f16", "f32", "layer_norm", "maximum", "pipeline", "reference", "rms_norm",
+    "row_max", "row_mean", "row_sum", "rsqrt", "sqrt",
+]

@@ -1,0 +1,1 @@
+"""The block IR: dtypes, nodes, the builder, the printer and the verifier."""

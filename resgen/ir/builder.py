@@ -1,0 +1,84 @@
+"""The `rg.*` functions of the builder API; each appends one node to its operand's block."""
+
+from __future__ import annotations
+
+import math
+
+from resgen.errors import IRTypeError, VerifyError
+from resgen.ir.block import Operand, Value, _block_of, binary, unary
+from resgen.ir.dtypes import DType, as_dtype
+
+
+def cast(v: Value, dtype: DType | str) -> Value:
+    """Round `v` to `dtype` exactly as torch's `.to(dtype)` does; arithmetic stays float32."""
+    return unary("cast", v, dtype=as_dtype(dtype, what="cast: argument 'dtype'"))
+
+
+def sqrt(v: Value) -> Value:
+    return unary("sqrt", v)
+
+
+def rsqrt(v: Value) -> Value:
+    return unary("rsqrt", v)
+
+
+def abs(v: Value) -> Value:  # noqa: A001 - the public name DESIGN.md gives
+    return unary("abs", v)
+
+
+def maximum(a: Operand, b: Operand) -> Value:
+    return binary("maximum", a, b)
+
+
+def row_sum(v: Value) -> Value:
+    """Sum over the hidden dimension of each row: a row scalar."""
+    return unary("row_sum", v)
+
+
+def row_mean(v: Value) -> Value:
+    return unary("row_mean", v)
+
+
+def row_max(v: Value) -> Value:
+    return unary("row_max", v)
+
+
+def _check_eps(op: str, eps: float) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise VerifyError(f"{op}: argument 'eps' must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def layer_norm(v: Value, weight: Value | None = None, bias: Value | None = None, eps: float = 1e-5) -> Value:
+    """(v - mean) / sqrt(var + eps) * weight + bias over each row, variance computed in two passes."""
+    args = [v] + [a for a in (weight, bias) if a is not None]
+    names = ["v"] + [n for n, a in (("weight", weight), ("bias", bias)) if a is not None]
+    block = _block_of("layer_norm", tuple(args))
+    return block.emit("layer_norm", args, arg_names=names, weight=weight is not None,
+                      bias=bias is not None, eps=_check_eps("layer_norm", eps))
+
+
+def rms_norm(v: Value, weight: Value | None = None, eps: float = 1e-6, offset: float = 0.0) -> Value:
+    """v / sqrt(mean(v^2) + eps) * (offset + weight); Gemma uses offset 1.0."""
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset):
+        raise VerifyError(f"rms_norm: argument 'offset' must be a finite number, got {offset!r}")
+    if offset and weight is None:
+        raise VerifyError("rms_norm: argument 'offset' needs a 'weight' to offset")
+    args = [v] + ([weight] if weight is not None else [])
+    names = ["v", "weight"][: len(args)]
+    block = _block_of("rms_norm", tuple(args))
+    return block.emit("rms_norm", args, arg_names=names, weight=weight is not None,
+                      eps=_check_eps("rms_norm", eps), offset=float(offset))
+
+
+def dropout(v: Value, p: float) -> Value:
+    """Zero each element with probability p and scale the rest by 1/(1-p).
+
+    The mask is drawn from Philox4x32-10 keyed by (seed, offset, row, column); `seed=` and
+    `offset=` are call-time arguments of the kernel and of `rg.reference`.
+    """
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise VerifyError(f"dropout: argument 'p' must be a number in [0, 1), got {p!r}")
+    if not isinstance(v, Value):
+        raise IRTypeError(f"dropout: argument 'v' must be a resgen Value, got {type(v).__name__}")
+    return unary("dropout", v, p=float(p))

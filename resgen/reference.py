@@ -1,0 +1,110 @@
+"""The semantics of the IR, executable: a PyTorch interpreter with float32 arithmetic.
+
+Values are float32 tensors: row tensors [rows, hidden], column vectors [hidden], row scalars
+[rows, 1], scalars 0-d. Rounding happens only at `cast` and at outputs. Row sums accumulate in
+float64 and round once, so the reference is the float32 value nearest the exact sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import sympy
+import torch
+
+from resgen.ir.block import Block
+from resgen.ir.nodes import H, Kind, Node
+from resgen.passes.decompose import DecomposeNorms
+from resgen.philox import keep_mask
+from resgen.signature import BoundCall, Outputs, bind
+
+_BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "maximum": torch.maximum,
+}
+_UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "neg": torch.neg, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "abs": torch.abs,
+}
+
+
+def f32_constant(value: sympy.Expr, hidden: int, device: torch.device) -> torch.Tensor:
+    """A constant of the IR as the float32 number every backend uses."""
+    return torch.tensor(float(value.subs(H, hidden)), dtype=torch.float32, device=device)
+
+
+def dropout_scale(p: float) -> float:
+    """The float32 factor kept elements are multiplied by."""
+    return float(torch.tensor(1.0 / (1.0 - p), dtype=torch.float32))
+
+
+class _Interpreter:
+    def __init__(self, call: BoundCall, device: torch.device) -> None:
+        self.call = call
+        self.device = device
+        self.values: dict[Node, torch.Tensor] = {}  # keyed by identity; holds nodes alive
+
+    def param(self, node: Node) -> torch.Tensor:
+        name = node.name
+        if node.op == "scalar":
+            return torch.tensor(self.call.scalars[name], dtype=torch.float32, device=self.device)
+        t = self.call.tensors[name].float()
+        return t.reshape(self.call.rows, self.call.hidden) if node.op == "input" else t
+
+    def eval(self, node: Node) -> torch.Tensor:
+        cached = self.values.get(node)
+        if cached is not None:
+            return cached
+        result = self._compute(node)
+        self.values[node] = result
+        return result
+
+    def _compute(self, node: Node) -> torch.Tensor:
+        op = node.op
+        if op in ("input", "weight", "scalar"):
+            return self.param(node)
+        if op == "const":
+            return f32_constant(node.attr("value"), self.call.hidden, self.device)
+        if op in ("layer_norm", "rms_norm", "row_mean"):
+            return self.eval(DecomposeNorms.lower(node))
+        args = [self.eval(a) for a in node.args]
+        if op in _BINARY:
+            return _BINARY[op](*args)
+        if op in _UNARY:
+            return _UNARY[op](args[0])
+        if op == "cast":
+            return args[0].to(node.attr("dtype").torch_dtype).float()
+        if op == "row_sum":
+            return args[0].double().sum(dim=-1, keepdim=True).float()
+        if op == "row_max":
+            return args[0].amax(dim=-1, keepdim=True)
+        if op == "dropout":
+            p = node.attr("p")
+            mask = keep_mask(self.call.rows, self.call.hidden, p, self.call.seed, self.call.offset)
+            keep = torch.from_numpy(mask).to(self.device)
+            return torch.where(keep, args[0] * dropout_scale(p), torch.zeros((), device=self.device))
+        raise NotImplementedError(f"reference: no rule for op {op!r}")
+
+
+def evaluate(block: Block, call: BoundCall) -> Outputs:
+    """Run `block` on already-bound arguments; outputs keep the inputs' leading shape."""
+    device = next(iter(call.tensors.values())).device
+    interp = _Interpreter(call, device)
+    results: dict[str, torch.Tensor] = {}
+    for out in block.outputs:
+        value = interp.eval(out.node)
+        if out.node.kind is Kind.ROW:
+            value = value.expand(call.rows, call.hidden).reshape(*call.lead, call.hidden)
+        else:
+            value = value.reshape(call.rows).reshape(call.lead)
+        results[out.name] = value.to(out.dtype.torch_dtype)
+    return Outputs(results)
+
+
+def reference(block: Block, **kwargs: Any) -> Outputs:
+    """Evaluate `block` on torch tensors by parameter name (plus `seed=`, `offset=`, runtime scalars).
+
+    Inputs may have any leading dimensions and strides; outputs are new tensors (an in-place
+    output's input is not modified).
+    """
+    block.verify()
+    return evaluate(block, bind(block, kwargs))

@@ -1,0 +1,152 @@
+"""The reference interpreter against torch's own norms and hand-written formulas, and its dropout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import resgen as rg
+from resgen.philox import keep_mask, philox4x32
+from tests.conftest import CATALOG, DTYPES, random_args
+
+TOL = {rg.f32: 2e-5, rg.f16: 2e-3, rg.bf16: 1.6e-2}
+
+
+def _ln(h, w, b, eps):
+    return F.layer_norm(h, (h.shape[-1],), w.float(), b.float(), eps)
+
+
+def _rms(h, w, eps, offset=0.0):
+    return F.rms_norm(h, (h.shape[-1],), offset + w.float(), eps)
+
+
+def _dropout(v, p, seed, offset):
+    rows = v.numel() // v.shape[-1]
+    keep = torch.from_numpy(keep_mask(rows, v.shape[-1], p, seed, offset)).reshape(v.shape)
+    return torch.where(keep, v / (1 - p), torch.zeros(()))
+
+
+def hand_written(name: str, a: dict, seed: int) -> dict[str, torch.Tensor]:
+    f = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in a.items()}
+    if name in ("llama", "llama_fp32_residual"):
+        h = f["x"] + f["residual"]
+        return {"residual_out": h, "y": _rms(h, f["weight"], 1e-6)}
+    if name == "gemma":
+        h = f["x"] + f["residual"]
+        return {"residual_out": h, "y": _rms(h, f["weight"], 1e-6, 1.0)}
+    if name == "gpt2":
+        h = f["x"] + f["residual"]
+        return {"residual_out": h, "y": _ln(h, f["weight"], f["bias"], 1e-5)}
+    if name == "bert":
+        h = f["residual"] + _dropout(f["x"] + f["bias"], 0.1, seed, 0)
+        return {"y": _ln(h, f["weight"], f["ln_bias"], 1e-12)}
+    if name == "deepnorm":
+        return {"y": _ln(f["alpha"] * f["residual"] + f["x"], f["weight"], f["bias"], 1e-5)}
+    if name == "gemma2_sandwich":
+        h = f["residual"] + _rms(f["x"], f["post_weight"], 1e-6, 1.0)
+        return {"residual_out": h, "y": _rms(h, f["pre_weight"], 1e-6, 1.0)}
+    if name == "parallel_residual":
+        h = f["residual"] + f["attn"] + f["mlp"]
+        return {"residual_out": h, "y": _ln(h, f["weight"], f["bias"], 1e-5)}
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", CATALOG)
+@pytest.mark.parametrize("dt", DTYPES, ids=str)
+@pytest.mark.parametrize("hidden", [1, 1000, 4096, 4097])
+@pytest.mark.parametrize("lead", [(1,), (37,), (3, 5)], ids=["rows1", "rows37", "3d"])
+def test_reference_matches_torch_and_hand_written_formulas(name, dt, hidden, lead):
+    block = rg.catalog[name](dt)
+    args = random_args(block, lead, hidden, seed=hidden)
+    got = rg.reference(block, **args, seed=11)
+    want = hand_written(name, args, seed=11)
+    assert set(got) == set(want)
+    for key, value in got.items():
+        out = next(o for o in block.outputs if o.name == key)
+        assert value.dtype == out.dtype.torch_dtype and value.shape == (*lead, hidden)
+        expected = want[key].to(out.dtype.torch_dtype).float()
+        tol = TOL[out.dtype]
+        torch.testing.assert_close(value.float(), expected, rtol=tol, atol=tol)
+
+
+def test_reference_accepts_strided_rows_and_returns_fresh_tensors():
+    block = rg.catalog.llama(rg.f32)
+    big = torch.randn(8, 96)
+    x, r, w = big[::2, :64], torch.randn(4, 64), torch.randn(64)
+    out = rg.reference(block, x=x, residual=r, weight=w)
+    torch.testing.assert_close(out.residual_out, x + r)
+    assert out["y"] is out.y
+
+
+def test_reference_row_scalar_outputs():
+    b = rg.Block("stats")
+    x = b.input("x")
+    b.output("mean", rg.row_mean(x))
+    b.output("amax", rg.row_max(rg.abs(x)))
+    b.output("rstd", rg.rsqrt(rg.row_mean(x * x) + 1e-6))
+    x_t = torch.randn(2, 3, 50)
+    out = rg.reference(b, x=x_t)
+    torch.testing.assert_close(out.mean, x_t.mean(-1))
+    torch.testing.assert_close(out.amax, x_t.abs().amax(-1))
+    torch.testing.assert_close(out.rstd, torch.rsqrt(x_t.pow(2).mean(-1) + 1e-6))
+
+
+def test_cast_rounds_like_torch_to():
+    b = rg.Block("c")
+    x = b.input("x")
+    b.output("y", rg.cast(x, rg.bf16) * 3.0, dtype=rg.f32)
+    x_t = torch.randn(4, 33)
+    torch.testing.assert_close(rg.reference(b, x=x_t).y, x_t.to(torch.bfloat16).float() * 3.0)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(x=torch.randn(2, 8), residual=torch.randn(2, 8)), "missing argument"),
+    (dict(x=torch.randn(2, 8), residual=torch.randn(2, 8), weight=torch.randn(8), w=1), "unknown argument"),
+    (dict(x=torch.randn(2, 8), residual=torch.randn(2, 9), weight=torch.randn(8)), "'residual' must have shape"),
+    (dict(x=torch.randn(2, 8), residual=torch.randn(2, 8), weight=torch.randn(7)), "'weight' must have shape"),
+    (dict(x=torch.randn(2, 8).half(), residual=torch.randn(2, 8), weight=torch.randn(8)), "'x' must have dtype"),
+    (dict(x=[1.0], residual=torch.randn(2, 8), weight=torch.randn(8)), "'x' must be a torch.Tensor"),
+    (dict(x=torch.randn(2, 8), residual=torch.randn(2, 8), weight=torch.randn(8), seed=-1), "'seed'"),
+])
+def test_reference_argument_errors_name_the_argument(bad, message):
+    with pytest.raises(rg.LaunchError, match=message):
+        rg.reference(rg.catalog.llama(rg.f32), **bad)
+
+
+# Known-answer vectors published with Random123 (kat_vectors, philox4x32_10).
+PHILOX_KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+@pytest.mark.parametrize("counter, key, expected", PHILOX_KAT)
+def test_philox_matches_published_vectors(counter, key, expected):
+    assert tuple(int(w) for w in philox4x32(counter, key)) == expected
+
+
+def _bert_dropout_only() -> rg.Block:
+    b = rg.Block("drop")
+    b.output("y", rg.dropout(b.input("x"), p=0.25))
+    return b
+
+
+def test_dropout_is_reproducible_from_seed_and_offset():
+    block, x = _bert_dropout_only(), torch.randn(64, 300) + 5.0
+    a = rg.reference(block, x=x, seed=7, offset=3).y
+    assert torch.equal(a, rg.reference(block, x=x, seed=7, offset=3).y)
+    assert not torch.equal(a, rg.reference(block, x=x, seed=8, offset=3).y)
+    assert not torch.equal(a, rg.reference(block, x=x, seed=7, offset=4).y)
+    kept = a != 0
+    torch.testing.assert_close(a[kept], x[kept] / 0.75)
+
+
+def test_dropout_keep_rate_is_one_minus_p():
+    mask = keep_mask(512, 1024, 0.25, seed=123, offset=0)
+    rate = mask.mean()
+    assert abs(rate - 0.75) < 4 * np.sqrt(0.75 * 0.25 / mask.size)
+    assert 0.70 < mask[0].mean() < 0.80 and 0.70 < mask[:, 0].mean() < 0.80
