@@ -1,8 +1,8 @@
 """Philox4x32-10 and the dropout mask resgen derives from it (the CUDA templates use the same form).
 
-Element (row, col) of a dropout site draws word `col % 4` of
-philox(counter=(col // 4, row, offset_lo, offset_hi), key=(seed_lo, seed_hi)); it is kept when
-`(word >> 8) * 2**-24 >= p`, which is exact in float32 on every backend.
+Element (row, col) of dropout site k draws word `col % 4` of
+philox(counter=(col // 4, row, offset_lo, offset_hi), key=(seed_lo, seed_hi + k mod 2**32)); it is
+kept when `(word >> 8) * 2**-24 >= p`, which is exact in float32 on every backend.
 """
 
 from __future__ import annotations
@@ -40,11 +40,13 @@ def split64(value: int, what: str) -> tuple[np.uint32, np.uint32]:
     return np.uint32(value & 0xFFFFFFFF), np.uint32(value >> 32)
 
 
-def keep_mask(rows: int, hidden: int, p: float, seed: int, offset: int) -> np.ndarray:
-    """Boolean [rows, hidden]: True where dropout keeps the element."""
+def keep_mask(rows: int, hidden: int, p: float, seed: int, offset: int, site: int = 0) -> np.ndarray:
+    """Boolean [rows, hidden]: True where dropout site `site` keeps the element."""
     cols = np.arange(hidden, dtype=np.uint32)
     row_ids = np.arange(rows, dtype=np.uint32)[:, None]
-    words = philox4x32((cols[None, :] >> 2, row_ids, *split64(offset, "offset")), split64(seed, "seed"))
+    seed_lo, seed_hi = split64(seed, "seed")
+    key = (seed_lo, np.uint32((int(seed_hi) + site) & 0xFFFFFFFF))
+    words = philox4x32((cols[None, :] >> 2, row_ids, *split64(offset, "offset")), key)
     lane = (cols & 3)[None, :]
     word = np.choose(np.broadcast_to(lane, (rows, hidden)), [np.broadcast_to(w, (rows, hidden)) for w in words])
     uniform = (word >> 8).astype(np.float32) * np.float32(2.0**-24)

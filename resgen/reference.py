@@ -79,7 +79,8 @@ class _Interpreter:
             return args[0].amax(dim=-1, keepdim=True)
         if op == "dropout":
             p = node.attr("p")
-            mask = keep_mask(self.call.rows, self.call.hidden, p, self.call.seed, self.call.offset)
+            mask = keep_mask(self.call.rows, self.call.hidden, p, self.call.seed, self.call.offset,
+                             node.attr("site"))
             keep = torch.from_numpy(mask).to(self.device)
             return torch.where(keep, args[0] * dropout_scale(p), torch.zeros((), device=self.device))
         raise NotImplementedError(f"reference: no rule for op {op!r}")

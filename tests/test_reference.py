@@ -150,3 +150,12 @@ def test_dropout_keep_rate_is_one_minus_p():
     rate = mask.mean()
     assert abs(rate - 0.75) < 4 * np.sqrt(0.75 * 0.25 / mask.size)
     assert 0.70 < mask[0].mean() < 0.80 and 0.70 < mask[:, 0].mean() < 0.80
+
+
+def test_two_dropout_sites_draw_independent_masks():
+    b = rg.Block("two")
+    x = b.input("x")
+    b.output("a", rg.dropout(x, 0.5))
+    b.output("b", rg.dropout(x, 0.5))
+    out = rg.reference(b, x=torch.rand(16, 256) + 1.0, seed=5)
+    assert not torch.equal(out.a == 0, out.b == 0)

@@ -75,10 +75,12 @@ def dropout(v: Value, p: float) -> Value:
     """Zero each element with probability p and scale the rest by 1/(1-p).
 
     The mask is drawn from Philox4x32-10 keyed by (seed, offset, row, column); `seed=` and
-    `offset=` are call-time arguments of the kernel and of `rg.reference`.
+    `offset=` are call-time arguments of the kernel and of `rg.reference`. The k-th dropout of a
+    block (its `site`) draws an independent mask.
     """
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
         raise VerifyError(f"dropout: argument 'p' must be a number in [0, 1), got {p!r}")
     if not isinstance(v, Value):
         raise IRTypeError(f"dropout: argument 'v' must be a resgen Value, got {type(v).__name__}")
-    return unary("dropout", v, p=float(p))
+    site = sum(n.op == "dropout" for n in v.block.body)
+    return unary("dropout", v, p=float(p), site=site)
