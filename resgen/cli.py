@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from resgen.errors import ResgenError
 
@@ -36,6 +37,63 @@ def _cmd_ir(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_and_source(args: argparse.Namespace):
+    from resgen.codegen import plan_and_source
+    from resgen.spec import resolve
+
+    return plan_and_source(resolve(args.spec, args.dtype), args.hidden, args.config, args.arch)
+
+
+def _cmd_emit(args: argparse.Namespace) -> int:
+    _, source = _plan_and_source(args)
+    if args.output:
+        Path(args.output).write_text(source)
+    else:
+        sys.stdout.write(source)
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from resgen.runtime.compile import compile_for_device
+    from resgen.runtime.nvrtc import parse_resources
+
+    plan, source = _plan_and_source(args)
+    binary = compile_for_device(source, plan.name, plan.arch)
+    for line in plan.summary():
+        print(line)
+    bits = binary.access_bits
+    print(f"global I/O  widest load {bits['load']} bits, widest store {bits['store']} bits (from the PTX)")
+    print(f"{'entry point':<52} {'regs':>5} {'spill st':>9} {'spill ld':>9} {'stack':>6} {'smem':>6}")
+    for entry in plan.entries:
+        r = parse_resources(binary.log, entry.name)
+        print(f"{entry.name:<52} {r.registers:>5} {r.spill_stores:>9} {r.spill_loads:>9} {r.stack_frame:>6} "
+              f"{r.shared_static + plan.smem_bytes:>6}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from resgen.generate import stale_files, write_generated
+
+    out = Path(args.out)
+    if args.check:
+        stale = stale_files(out)
+        for name in stale:
+            print(f"stale: {out / name}")
+        if stale:
+            print("run `resgen generate` to update", file=sys.stderr)
+        return 1 if stale else 0
+    for name in write_generated(out):
+        print(out / name)
+    return 0
+
+
+def _add_kernel_args(p: argparse.ArgumentParser) -> None:
+    _add_spec(p)
+    p.add_argument("--hidden", type=int, required=True, help="hidden size to specialize for")
+    p.add_argument("--arch", default="sm_90", help="GPU architecture (sm_80, sm_89, sm_90, sm_100, ...)")
+    p.add_argument("--config", default=None, help="launch config overrides: tpr=256,rows=1,vec=8,cache=registers")
+
+
 def _add_spec(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", metavar="SPEC", help="catalog name, path/to/file.py:name or package.module:name")
     p.add_argument("--dtype", default=None, help="storage dtype for catalog blocks and factories (default bf16)")
@@ -55,6 +113,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lower", action="store_true", help="run the pass pipeline before printing")
     p.add_argument("--print-after-all", action="store_true", help="print the block after every pass")
     p.set_defaults(func=_cmd_ir)
+
+    p = sub.add_parser("emit", help="print the CUDA source of a kernel",
+                       description="Print exactly the CUDA source resgen compiles for SPEC at --hidden.")
+    _add_kernel_args(p)
+    p.add_argument("-o", "--output", default=None, help="write to this file instead of stdout")
+    p.set_defaults(func=_cmd_emit)
+
+    p = sub.add_parser("inspect", help="compile a kernel and show its resources",
+                       description="Compile with NVRTC (no GPU needed); print the plan, registers, spills, "
+                                   "shared memory and the width of global loads/stores.")
+    _add_kernel_args(p)
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("generate", help="rewrite generated/ (the catalog's emitted CUDA)",
+                       description="Write the emitted CUDA of every catalog block to generated/.")
+    p.add_argument("--out", default="generated", help="folder to write (default: generated)")
+    p.add_argument("--check", action="store_true", help="only report stale files; exit 1 when any")
+    p.set_defaults(func=_cmd_generate)
 
     return parser
 

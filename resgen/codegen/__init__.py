@@ -1,0 +1,25 @@
+"""Code generation: lower a block to a KernelPlan, render it to CUDA."""
+
+from __future__ import annotations
+
+from resgen.codegen.arch import DEFAULT_ARCH
+from resgen.codegen.lower import default_config, lower
+from resgen.codegen.plan import KernelPlan, LaunchConfig
+from resgen.codegen.render import render
+from resgen.ir.block import Block
+
+__all__ = ["KernelPlan", "LaunchConfig", "default_config", "emit", "lower", "plan_and_source", "render"]
+
+
+def plan_and_source(block: Block, hidden: int, config: LaunchConfig | str | None = None,
+                    arch: str = DEFAULT_ARCH) -> tuple[KernelPlan, str]:
+    """The plan and CUDA source of `block` at `hidden`; `config` may be a LaunchConfig or 'k=v,...'."""
+    if isinstance(config, str):
+        config = LaunchConfig.parse(config, base=default_config(block, hidden, arch))
+    plan = lower(block, hidden, config, arch)
+    return plan, render(plan)
+
+
+def emit(block: Block, hidden: int, arch: str = DEFAULT_ARCH, config: LaunchConfig | str | None = None) -> str:
+    """The CUDA source resgen compiles for `block` at `hidden` on `arch`, without compiling it."""
+    return plan_and_source(block, hidden, config, arch)[1]

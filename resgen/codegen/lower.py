@@ -1,0 +1,348 @@
+"""Lowering: a block (run through the pass pipeline) and a LaunchConfig become a KernelPlan."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from resgen.codegen.arch import DEFAULT_ARCH, Arch, get_arch
+from resgen.codegen.plan import (
+    ColTensor,
+    Dropout,
+    Entry,
+    KernelPlan,
+    LaunchConfig,
+    Param,
+    Phase,
+    Reduction,
+    RowScalarStore,
+    RowTensor,
+    Store,
+)
+from resgen.errors import PlanError
+from resgen.ir.block import Block
+from resgen.ir.dtypes import DType, bf16, f16
+from resgen.ir.nodes import REDUCE_OPS, Kind, Node
+from resgen.ir.printer import print_block
+from resgen.passes import pipeline
+from resgen.reference import dropout_scale
+
+#: Registers a thread keeps for everything but the cached row (addresses, loop state, temporaries),
+#: and what Philox's state adds when the block has dropout.
+REGISTER_OVERHEAD = 40
+DROPOUT_REGISTERS = 40
+#: The most cached floats per thread we allow in registers, whatever the thread count.
+MAX_CACHED_FLOATS = 96
+#: The heuristic's largest CTA: 1024 threads would cap every thread at 64 registers.
+MAX_HEURISTIC_THREADS = 512
+
+
+def c_float(value: float) -> str:
+    """A C float literal for the float32 nearest `value` (9 significant digits round-trip)."""
+    f = float(np.float32(value))
+    if math.isinf(f) or math.isnan(f):
+        raise PlanError(f"constant {value} is not finite in float32")
+    text = f"{f:.9g}"
+    if "e" not in text and "." not in text:
+        text += ".0"
+    return f"({text}f)" if f < 0 else f"{text}f"
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, n))))
+
+
+def row_dtypes(block: Block) -> list[DType]:
+    """Dtypes of everything read or written per row element (row inputs and row outputs)."""
+    return [p.dtype for p in block.params_of("input")] + [o.dtype for o in block.outputs if o.node.kind is Kind.ROW]
+
+
+def cached_floats(block: Block, hidden: int, config: LaunchConfig) -> int:
+    iters = math.ceil(hidden / (config.threads_per_row * config.vec))
+    return iters * config.vec * len(block.params_of("input"))
+
+
+def smem_layout(block: Block, hidden: int, rows_per_cta: int) -> tuple[int, dict[str, int], int]:
+    """(pitch in elements, byte offset of each row input's cache, total bytes) for the smem cache."""
+    pitch = -(-hidden // 8) * 8
+    offsets, total = {}, 0
+    for p in block.params_of("input"):
+        offsets[p.name] = total
+        total += -(-(pitch * p.dtype.itemsize * rows_per_cta) // 16) * 16
+    return pitch, offsets, total
+
+
+def check_config(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> None:
+    """Raise PlanError when `config` cannot run `block` at `hidden` on `arch` without spilling."""
+    if config.cache == "registers":
+        floats = cached_floats(block, hidden, config)
+        overhead = REGISTER_OVERHEAD + (DROPOUT_REGISTERS if any(n.op == "dropout" for n in block.body) else 0)
+        budget = min(MAX_CACHED_FLOATS, min(255, arch.regs_per_sm // config.threads) - overhead)
+        if floats > budget:
+            raise PlanError(
+                f"config {config}: caching the row in registers needs {floats} floats per thread, over the "
+                f"budget of {budget} at {config.threads} threads/CTA; use cache=smem or cache=global, or more threads"
+            )
+    if config.cache == "smem":
+        _, _, total = smem_layout(block, hidden, config.rows_per_cta)
+        if total > arch.max_dynamic_smem:
+            raise PlanError(
+                f"config {config}: the shared-memory row cache needs {total} bytes, over {arch.name}'s "
+                f"{arch.max_dynamic_smem}; use cache=global"
+            )
+    if config.threads_per_row * config.vec >= 2 * hidden and config.threads_per_row > 1:
+        raise PlanError(
+            f"config {config}: {config.threads_per_row} threads x vec {config.vec} per row is over twice "
+            f"hidden={hidden}; most threads would idle"
+        )
+
+
+def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH) -> LaunchConfig:
+    """The heuristic's choice: 16-byte vectors where hidden allows, a warp (or less) per row for
+    small rows, a CTA per row for large ones, and the cheapest row cache that fits."""
+    target = get_arch(arch)
+    itemsize = min(d.itemsize for d in row_dtypes(block))
+    vec = next(v for v in (8, 4, 2, 1) if hidden % v == 0 and v * itemsize <= 16)
+    vectors = math.ceil(hidden / vec)
+    tpr = _pow2_ceil(math.ceil(vectors / 4))
+    if tpr <= 32:
+        rows_per_cta = max(1, 128 // tpr)
+    else:
+        tpr, rows_per_cta = min(MAX_HEURISTIC_THREADS, tpr), 1
+    for cache in ("registers", "smem", "global"):
+        config = LaunchConfig(tpr, rows_per_cta, vec, cache)
+        try:
+            check_config(block, hidden, config, target)
+            return config
+        except PlanError:
+            continue
+    raise AssertionError("cache=global always fits")
+
+
+def _stages(block: Block) -> dict[Node, int]:
+    """How many reductions must finish before each node's value exists."""
+    stage: dict[Node, int] = {p: 0 for p in block.params}
+    for node in block.body:
+        before = max((stage[a] for a in node.args), default=0)
+        stage[node] = before + 1 if node.op in REDUCE_OPS else before
+    return stage
+
+
+class _Namer:
+    """C names for nodes, by role: parameters by name, per-element temporaries t<i>, row scalars rs<i>."""
+
+    def __init__(self, block: Block) -> None:
+        self.index = {n: i for i, n in enumerate(block.body)}
+
+    def ref(self, node: Node) -> str:
+        if node.op in ("input", "weight"):
+            return f"{node.name}_v[j]"
+        if node.op == "scalar":
+            return node.name
+        if node.op == "const":
+            return c_float(float(node.attr("value")))
+        i = self.index[node]
+        return {Kind.ROW: f"t{i}", Kind.COL: f"t{i}", Kind.ROWS: f"rs{i}", Kind.SCALAR: f"s{i}"}[node.kind]
+
+    def uniforms(self, node: Node) -> str:
+        return f"drop{node.attr('site')}_u"
+
+    def expr(self, node: Node) -> str:
+        a = [self.ref(x) for x in node.args]
+        op = node.op
+        if op in ("add", "sub", "mul", "div"):
+            return f"{a[0]} {dict(add='+', sub='-', mul='*', div='/')[op]} {a[1]}"
+        if op == "maximum":
+            return f"fmaxf({a[0]}, {a[1]})"
+        if op == "neg":
+            return f"-{a[0]}"
+        if op in ("sqrt", "rsqrt", "abs"):
+            return f"{dict(sqrt='sqrtf', rsqrt='rsqrtf', abs='fabsf')[op]}({a[0]})"
+        if op == "cast":
+            return f"rg_round<{node.attr('dtype').c_type}>({a[0]})"
+        if op == "dropout":
+            p = node.attr("p")
+            return f"{self.uniforms(node)}[j] >= {c_float(p)} ? {a[0]} * {c_float(dropout_scale(p))} : 0.0f"
+        raise PlanError(f"codegen: no C form for op {op!r}")
+
+
+def _closure(roots: list[Node], order: dict[Node, int]) -> list[Node]:
+    """Per-element nodes (row tensors and column vectors) the roots need, in body order."""
+    seen: set[Node] = set()
+    stack = [r for r in roots if r in order and r.kind in (Kind.ROW, Kind.COL) and r.op not in REDUCE_OPS]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(a for a in node.args if a in order and a.kind in (Kind.ROW, Kind.COL))
+    return sorted(seen, key=order.__getitem__)
+
+
+def _params_used(nodes: list[Node], op: str) -> set[str]:
+    return {a.name for n in nodes for a in n.args if a.op == op}
+
+
+#: Identifiers the kernel template declares itself.
+TEMPLATE_LOCALS = frozenset({"HIDDEN", "VEC", "TPR", "ROWS_PER_CTA", "ITERS", "TAIL", "WIDE", "lane", "slot", "row",
+                             "in_row", "src_row", "it", "col0", "j", "scratch", "rg_smem"})
+
+
+def check_identifiers(block: Block, namer: _Namer) -> None:
+    """Raise PlanError when two emitted C identifiers would collide (e.g. inputs `x` and `x_v`)."""
+    names: list[str] = list(TEMPLATE_LOCALS)
+    for p in block.params:
+        names.append(p.name)
+        if p.op == "input":
+            names += [f"{p.name}_v", f"{p.name}_row", f"{p.name}_cache", f"{p.name}_stride"]
+        elif p.op == "weight":
+            names.append(f"{p.name}_v")
+    for o in block.outputs:
+        names.append(o.name)
+        if o.node.kind is Kind.ROW:
+            names += [f"{o.name}_v", f"{o.name}_row", f"{o.name}_stride"]
+    names += [namer.ref(n) for n in block.body if n.op != "const"]
+    names += [namer.uniforms(n) for n in block.body if n.op == "dropout"]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise PlanError(f"block {block.name!r}: names {clashes} collide in the emitted kernel "
+                        f"(parameters get _v/_row/_cache/_stride companions; t<i>, rs<i>, s<i> are temporaries); "
+                        f"rename the parameters")
+
+
+def kernel_name(block: Block, hidden: int, config: LaunchConfig) -> str:
+    dtype = block.params_of("input")[0].dtype
+    cache = {"registers": "reg", "smem": "smem", "global": "gmem"}[config.cache]
+    return (f"rg_{block.name}_{dtype}_h{hidden}_t{config.threads_per_row}_r{config.rows_per_cta}"
+            f"_v{config.vec}_{cache}")
+
+
+def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: str = DEFAULT_ARCH) -> KernelPlan:
+    """The KernelPlan of `block` specialized for `hidden` (the heuristic picks `config` when None)."""
+    target = get_arch(arch)
+    low = pipeline(block, hidden)
+    config = config or default_config(low, hidden, arch)
+    check_config(low, hidden, config, target)
+    namer = _Namer(low)
+    check_identifiers(low, namer)
+    order = namer.index
+    stage = _stages(low)
+
+    inplace_of = {o.inplace: o.name for o in low.outputs if o.inplace}
+    aliased = set(inplace_of) | set(inplace_of.values())
+    pitch, smem_offsets, smem_total = smem_layout(low, hidden, config.rows_per_cta)
+    row_in = {
+        p.name: RowTensor(p.name, p.dtype.c_type, p.dtype.itemsize, p.name not in aliased, f"{p.name}_v",
+                          smem_offsets[p.name])
+        for p in low.params_of("input")
+    }
+    row_out = {
+        o.name: RowTensor(o.name, o.dtype.c_type, o.dtype.itemsize, o.name not in aliased, f"{o.name}_v")
+        for o in low.outputs if o.node.kind is Kind.ROW
+    }
+    weights = {p.name: ColTensor(p.name, p.dtype.c_type, f"{p.name}_v") for p in low.params_of("weight")}
+
+    reductions = [n for n in low.body if n.op in REDUCE_OPS]
+    row_outputs = [o for o in low.outputs if o.node.kind is Kind.ROW]
+    last = max([stage[r.args[0]] for r in reductions] + [stage[o.node] for o in row_outputs] + [0])
+
+    def store_phase(o) -> int:
+        return last if o.inplace else stage[o.node]
+
+    phases = []
+    for s in range(last + 1):
+        reds = [r for r in reductions if stage[r.args[0]] == s]
+        stores = [o for o in row_outputs if store_phase(o) == s]
+        nodes = _closure([r.args[0] for r in reds] + [o.node for o in stores], order)
+        direct = {a for o in stores for a in [o.node] if a.op == "input"}
+        inputs_needed = _params_used(nodes, "input") | {n.name for n in direct} | {
+            r.args[0].name for r in reds if r.args[0].op == "input"}
+        if config.cache == "global" or s == 0:
+            loads = tuple(t for n, t in row_in.items() if n in inputs_needed or (s == 0 and config.cache != "global"))
+            cached: tuple[RowTensor, ...] = ()
+        else:
+            loads, cached = (), tuple(t for n, t in row_in.items() if n in inputs_needed)
+        after_nodes = [n for n in low.body if n.kind is Kind.ROWS and stage[n] == s + 1 and n.op not in REDUCE_OPS]
+        phases.append(Phase(
+            index=s,
+            loads=loads,
+            cached=cached,
+            weights=tuple(t for n, t in weights.items() if n in _params_used(nodes, "weight")
+                          or any(o.node.op == "weight" and o.node.name == n for o in stores)),
+            dropouts=tuple(Dropout(namer.uniforms(n), n.attr("site")) for n in nodes if n.op == "dropout"),
+            computes=tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes),
+            reductions=tuple(
+                Reduction(namer.ref(r), "max" if r.op == "row_max" else "sum", namer.ref(r.args[0]),
+                          "rg_neg_inf()" if r.op == "row_max" else "0.0f") for r in reds),
+            stores=tuple(Store(row_out[o.name], namer.ref(o.node)) for o in stores),
+            after=tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in after_nodes),
+            row_scalar_stores=tuple(
+                RowScalarStore(o.name, o.dtype.c_type, namer.ref(o.node))
+                for o in low.outputs if o.node.kind is Kind.ROWS and stage[o.node] == s + 1),
+        ))
+
+    prologue = tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in low.body if n.kind is Kind.SCALAR
+                     and n.op != "const")
+    uses_dropout = any(n.op == "dropout" for n in low.body)
+    params = _abi(low, row_in, row_out, uses_dropout)
+    dtypes = {d for d in row_dtypes(low)} | {p.dtype for p in low.params} | {o.dtype for o in low.outputs} | {
+        n.attr("dtype") for n in low.body if n.op == "cast"}
+    includes = tuple(h for d, h in ((f16, "cuda_fp16.h"), (bf16, "cuda_bf16.h")) if d in dtypes)
+    iters = math.ceil(hidden / (config.threads_per_row * config.vec))
+    return KernelPlan(
+        name=kernel_name(low, hidden, config),
+        block_name=low.name,
+        block_key=block.key,
+        ir_text=print_block(low),
+        arch=target.name,
+        config=config,
+        hidden=hidden,
+        iters=iters,
+        tail=hidden % (config.threads_per_row * config.vec) != 0,
+        unroll=iters if config.cache == "registers" else min(iters, 1 if uses_dropout else 2),
+        smem_bytes=smem_total if config.cache == "smem" and last > 0 else 0,
+        smem_pitch=pitch,
+        includes=includes,
+        params=params,
+        row_inputs=tuple(row_in.values()),
+        row_outputs=tuple(row_out.values()),
+        prologue=prologue,
+        phases=tuple(phases),
+        uses_dropout=uses_dropout,
+        reductions=len(reductions),
+        entries=_entries(low, kernel_name(low, hidden, config), config.vec),
+    )
+
+
+def _entries(block: Block, name: str, vec: int) -> tuple[Entry, ...]:
+    """The wide entry point, and a narrow one for rows or weights not aligned for VEC elements."""
+    itemsizes = [p.dtype.itemsize for p in block.params if p.op != "scalar"] + [o.dtype.itemsize for o in block.outputs]
+    align = max(min(16, vec * size) for size in itemsizes)
+    if vec == 1:
+        return (Entry(name, True, align),)
+    return (Entry(name, True, align), Entry(f"{name}_narrow", False, 1))
+
+
+def _abi(block: Block, row_in: dict[str, RowTensor], row_out: dict[str, RowTensor], dropout: bool) -> tuple[Param, ...]:
+    params: list[Param] = []
+    for p in block.params:
+        restrict = " __restrict__" if p.op != "input" or row_in[p.name].restrict else ""
+        if p.op == "input":
+            params += [Param("row_in", p.name, f"const {p.dtype.c_type}*{restrict} {p.name}", dtype=p.dtype.name),
+                       Param("stride", f"{p.name}_stride", f"long long {p.name}_stride", of=p.name)]
+        elif p.op == "weight":
+            params.append(Param("col_in", p.name, f"const {p.dtype.c_type}* __restrict__ {p.name}", dtype=p.dtype.name))
+        else:
+            params.append(Param("scalar", p.name, f"float {p.name}", dtype=p.dtype.name))
+    for o in block.outputs:
+        if o.node.kind is Kind.ROW:
+            restrict = " __restrict__" if row_out[o.name].restrict else ""
+            params += [Param("row_out", o.name, f"{o.dtype.c_type}*{restrict} {o.name}", dtype=o.dtype.name),
+                       Param("stride", f"{o.name}_stride", f"long long {o.name}_stride", of=o.name)]
+        else:
+            params.append(Param("rowscalar_out", o.name, f"{o.dtype.c_type}* __restrict__ {o.name}", dtype=o.dtype.name))
+    if dropout:
+        params += [Param("seed", "seed", "unsigned long long seed"), Param("offset", "offset", "unsigned long long offset")]
+    params.append(Param("rows", "rows", "long long rows"))
+    return tuple(params)

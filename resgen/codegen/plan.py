@@ -1,0 +1,218 @@
+"""`LaunchConfig` (the tunable choices) and `KernelPlan` (everything the template needs, as plain values)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from resgen.errors import PlanError
+
+CACHES = ("registers", "smem", "global")
+_POW2 = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How a kernel maps rows and columns onto threads.
+
+    threads_per_row: threads that share one row (1..32: a warp holds several rows; 64..1024:
+    several warps per row). rows_per_cta: rows one CTA processes side by side. vec: consecutive
+    elements per thread per access (16-byte accesses when vec * itemsize allows). cache: where
+    the row's inputs wait between reduction phases: registers, shared memory, or nowhere (the
+    later phase reads them again from global memory).
+    """
+
+    threads_per_row: int
+    rows_per_cta: int
+    vec: int
+    cache: str = "registers"
+
+    SHORT = {"threads_per_row": "tpr", "rows_per_cta": "rows", "vec": "vec", "cache": "cache"}
+
+    def __post_init__(self) -> None:
+        if self.threads_per_row not in _POW2:
+            raise PlanError(f"config: threads_per_row must be a power of two in 1..1024, got {self.threads_per_row}")
+        if not isinstance(self.rows_per_cta, int) or self.rows_per_cta < 1:
+            raise PlanError(f"config: rows_per_cta must be an int >= 1, got {self.rows_per_cta!r}")
+        if self.vec not in (1, 2, 4, 8):
+            raise PlanError(f"config: vec must be 1, 2, 4 or 8, got {self.vec}")
+        if self.cache not in CACHES:
+            raise PlanError(f"config: cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
+        if self.threads > 1024:
+            raise PlanError(f"config: threads_per_row * rows_per_cta = {self.threads} exceeds 1024 threads per CTA")
+        if self.threads % 32:
+            raise PlanError(f"config: threads_per_row * rows_per_cta = {self.threads} must be a multiple of 32 "
+                            f"(whole warps; warp shuffles use every lane)")
+
+    @property
+    def threads(self) -> int:
+        return self.threads_per_row * self.rows_per_cta
+
+    @property
+    def family(self) -> str:
+        """warp-per-row (several rows per warp or a warp each), cta-per-row, or smem-staged/global-staged."""
+        if self.cache != "registers":
+            return f"{self.cache}-staged"
+        return "warp-per-row" if self.threads_per_row <= 32 else "cta-per-row"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return ",".join(f"{self.SHORT[f.name]}={getattr(self, f.name)}" for f in fields(self))
+
+    @classmethod
+    def parse(cls, text: str, base: LaunchConfig | None = None) -> LaunchConfig:
+        """Parse `tpr=256,rows=1,vec=8,cache=registers` (missing keys come from `base`)."""
+        values: dict[str, Any] = base.as_dict() if base else {}
+        longs = {v: k for k, v in cls.SHORT.items()} | {k: k for k in cls.SHORT}
+        for item in filter(None, (s.strip() for s in text.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or key.strip() not in longs:
+                raise PlanError(f"--config: cannot parse {item!r}; expected key=value with keys {', '.join(cls.SHORT.values())}")
+            name = longs[key.strip()]
+            values[name] = value.strip() if name == "cache" else _int(name, value)
+        missing = [cls.SHORT[f.name] for f in fields(cls) if f.name not in values]
+        if missing:
+            raise PlanError(f"--config: missing {', '.join(missing)}")
+        return cls(**values)
+
+
+def _int(name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise PlanError(f"--config: {name} must be an integer, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class RowTensor:
+    """A row input or output: pointer name, stride name, C element type."""
+
+    name: str
+    c_type: str
+    itemsize: int
+    restrict: bool
+    var: str  # the per-chunk array of floats
+    smem_offset: int = 0  # byte offset of this input's cache in dynamic shared memory
+
+
+@dataclass(frozen=True)
+class ColTensor:
+    name: str
+    c_type: str
+    var: str
+
+
+@dataclass(frozen=True)
+class Reduction:
+    var: str
+    op: str  # "sum" | "max"
+    value: str  # the expression accumulated per element
+    init: str
+
+
+@dataclass(frozen=True)
+class Store:
+    tensor: RowTensor
+    value: str  # the per-element expression stored
+
+
+@dataclass(frozen=True)
+class Dropout:
+    var: str  # array of uniforms
+    site: int
+
+
+@dataclass(frozen=True)
+class RowScalarStore:
+    name: str
+    c_type: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One pass over the row's columns; ends with its reductions and the row scalars they unlock."""
+
+    index: int
+    loads: tuple[RowTensor, ...]  # row inputs read from global memory in this phase
+    cached: tuple[RowTensor, ...]  # row inputs read from the cache (registers or shared memory)
+    weights: tuple[ColTensor, ...]
+    dropouts: tuple[Dropout, ...]
+    computes: tuple[str, ...]  # C statements, per element j
+    reductions: tuple[Reduction, ...]
+    stores: tuple[Store, ...]
+    after: tuple[str, ...]  # C statements computing row scalars once the reductions are done
+    row_scalar_stores: tuple[RowScalarStore, ...]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One kernel argument, in ABI order. role: row_in, row_out, stride, col_in, rowscalar_out, scalar,
+    seed, offset, rows. `of` names the tensor a stride belongs to."""
+
+    role: str
+    name: str
+    c_decl: str
+    of: str = ""
+    dtype: str = ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A __global__ entry point: `wide` ones need every row and weight aligned for VEC-element access."""
+
+    name: str
+    wide: bool
+    align: int  # bytes every pointer and row stride must be a multiple of
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """Everything the template renders, as plain values; built only by `lower`."""
+
+    name: str
+    block_name: str
+    block_key: str
+    ir_text: str
+    arch: str
+    config: LaunchConfig
+    hidden: int
+    iters: int
+    tail: bool
+    unroll: int
+    smem_bytes: int
+    smem_pitch: int
+    includes: tuple[str, ...]
+    params: tuple[Param, ...]
+    row_inputs: tuple[RowTensor, ...]
+    row_outputs: tuple[RowTensor, ...]
+    prologue: tuple[str, ...]
+    phases: tuple[Phase, ...]
+    uses_dropout: bool
+    reductions: int
+    entries: tuple[Entry, ...]
+
+    @property
+    def threads(self) -> int:
+        return self.config.threads
+
+    @property
+    def warps_per_row(self) -> int:
+        return max(1, self.config.threads_per_row // 32)
+
+    def grid(self, rows: int) -> int:
+        return math.ceil(rows / self.config.rows_per_cta)
+
+    def summary(self) -> list[str]:
+        c = self.config
+        return [
+            f"kernel      {self.name}",
+            f"arch        {self.arch}",
+            f"hidden      {self.hidden} ({self.iters} chunk(s) of {c.vec} per thread{', predicated tail' if self.tail else ''})",
+            f"launch      {c.threads} threads/CTA = {c.rows_per_cta} row(s) x {c.threads_per_row} threads ({c.family})",
+            f"row cache   {c.cache}" + (f" ({self.smem_bytes} bytes dynamic shared memory)" if self.smem_bytes else ""),
+            f"phases      {len(self.phases)} ({self.reductions} reduction(s))",
+        ]

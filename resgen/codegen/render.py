@@ -1,0 +1,51 @@
+"""Rendering: a KernelPlan through the Jinja templates to CUDA source."""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from resgen.codegen.plan import KernelPlan
+
+
+def template_dir() -> Path:
+    """The templates folder: inside an installed package, or at the top of a source checkout."""
+    try:
+        found = resources.files("resgen.templates")
+        if found.joinpath("kernel.cu.j2").is_file():
+            return Path(str(found))
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parents[2] / "templates"
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render(plan: KernelPlan) -> str:
+    """The CUDA source of `plan`: self-contained apart from the CUDA fp16/bf16 headers."""
+    from resgen import __version__
+
+    env = environment()
+    try:
+        return env.get_template("kernel.cu.j2").render(
+            plan=plan,
+            version=__version__,
+            prelude=env.loader.get_source(env, "prelude.cuh")[0].rstrip(),
+            philox=env.loader.get_source(env, "philox.cuh")[0].rstrip(),
+        )
+    except jinja2.TemplateSyntaxError as exc:
+        lines = (exc.source or "").splitlines()
+        around = "\n".join(f"{i + 1:5d}| {lines[i]}" for i in range(max(0, exc.lineno - 4), min(len(lines), exc.lineno + 3)))
+        raise jinja2.TemplateSyntaxError(f"{exc.message}\n{around}", exc.lineno, exc.name, exc.filename) from exc

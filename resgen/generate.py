@@ -1,0 +1,42 @@
+"""The emitted CUDA of the built-in catalog, as committed under generated/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from resgen.catalog import catalog
+from resgen.codegen import emit
+from resgen.ir.dtypes import bf16
+
+#: (hidden sizes, dtype, arch) the committed files are emitted for: a common size and an odd one.
+GENERATED_HIDDEN = (4096, 4097)
+GENERATED_ARCH = "sm_90"
+
+
+def generated_files() -> dict[str, str]:
+    """File name -> emitted source, for every catalog block at every GENERATED_HIDDEN size."""
+    return {
+        f"{name}_{bf16}_h{hidden}.cu": emit(entry(bf16), hidden, arch=GENERATED_ARCH)
+        for name, entry in catalog.items()
+        for hidden in GENERATED_HIDDEN
+    }
+
+
+def stale_files(out: Path) -> list[str]:
+    """Names under `out` that differ from what resgen emits now, are missing, or are left over."""
+    want = generated_files()
+    have = {p.name for p in out.glob("*.cu")} if out.is_dir() else set()
+    differ = [n for n, text in want.items() if not (out / n).is_file() or (out / n).read_text() != text]
+    return sorted(differ + list(have - set(want)))
+
+
+def write_generated(out: Path) -> list[str]:
+    """Rewrite `out` to hold exactly the current generated files; returns their names."""
+    want = generated_files()
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.cu"):
+        if old.name not in want:
+            old.unlink()
+    for name, text in want.items():
+        (out / name).write_text(text)
+    return sorted(want)

@@ -1,0 +1,95 @@
+// ---- resgen device helpers (templates/prelude.cuh) ----
+// Storage types convert to and from float32, where all arithmetic happens.
+template <typename T> struct rg_io;
+template <> struct rg_io<float> {
+    static __device__ __forceinline__ float to_float(float v) { return v; }
+    static __device__ __forceinline__ float from_float(float v) { return v; }
+};
+#ifdef __CUDA_FP16_H__
+template <> struct rg_io<__half> {
+    static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+    static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+};
+#endif
+#ifdef __CUDA_BF16_H__
+template <> struct rg_io<__nv_bfloat16> {
+    static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+    static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+};
+#endif
+
+// Round to storage type T and back, as torch's .to(T) does.
+template <typename T> __device__ __forceinline__ float rg_round(float v) {
+    return rg_io<T>::to_float(rg_io<T>::from_float(v));
+}
+
+// The widest aligned access that tiles a run of BYTES bytes (16-byte vectors when possible).
+template <int BYTES> struct rg_access { using type = unsigned char; };
+template <> struct rg_access<2> { using type = unsigned short; };
+template <> struct rg_access<4> { using type = unsigned int; };
+template <> struct rg_access<8> { using type = uint2; };
+template <> struct rg_access<16> { using type = uint4; };
+template <> struct rg_access<32> { using type = uint4; };
+
+// Read VEC consecutive elements of a row from column col0 into floats (0 past HIDDEN).
+// WIDE: the launch found every pointer and row stride aligned for VEC-element accesses.
+template <typename T, int VEC, int HIDDEN, bool WIDE>
+__device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC]) {
+    if (WIDE && col0 + VEC <= HIDDEN) {
+        using A = typename rg_access<VEC * sizeof(T)>::type;
+        constexpr int N = VEC * sizeof(T) / sizeof(A);
+        A raw[N];
+#pragma unroll
+        for (int i = 0; i < N; ++i) raw[i] = reinterpret_cast<const A*>(row + col0)[i];
+        T elems[VEC];
+        memcpy(elems, raw, sizeof(elems));
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) out[j] = rg_io<T>::to_float(elems[j]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) out[j] = col0 + j < HIDDEN ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
+    }
+}
+
+// Write VEC floats, rounded to T, to columns col0.. of a row (nothing past HIDDEN).
+template <typename T, int VEC, int HIDDEN, bool WIDE>
+__device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC]) {
+    T elems[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) elems[j] = rg_io<T>::from_float(in[j]);
+    if (WIDE && col0 + VEC <= HIDDEN) {
+        using A = typename rg_access<VEC * sizeof(T)>::type;
+        constexpr int N = VEC * sizeof(T) / sizeof(A);
+        A raw[N];
+        memcpy(raw, elems, sizeof(elems));
+#pragma unroll
+        for (int i = 0; i < N; ++i) reinterpret_cast<A*>(row + col0)[i] = raw[i];
+    } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+            if (col0 + j < HIDDEN) row[col0 + j] = elems[j];
+        }
+    }
+}
+
+__device__ __forceinline__ float rg_neg_inf() { return __int_as_float((int)0xff800000u); }
+
+struct rg_sum { static __device__ __forceinline__ float apply(float a, float b) { return a + b; } };
+struct rg_max { static __device__ __forceinline__ float apply(float a, float b) { return fmaxf(a, b); } };
+
+// Combine v over the TPR threads of one row. Butterfly shuffles give every lane the same bits;
+// rows wider than a warp meet in shared memory (`scratch` holds one slot per warp of the row).
+template <typename Op, int TPR>
+__device__ __forceinline__ float rg_row_reduce(float v, float* scratch, int lane) {
+#pragma unroll
+    for (int m = (TPR < 32 ? TPR : 32) / 2; m > 0; m /= 2) v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, m));
+    if (TPR > 32) {
+        constexpr int WARPS = TPR / 32 > 0 ? TPR / 32 : 1;
+        if (lane % 32 == 0) scratch[lane / 32] = v;
+        __syncthreads();
+        v = scratch[0];
+#pragma unroll
+        for (int w = 1; w < WARPS; ++w) v = Op::apply(v, scratch[w]);
+    }
+    return v;
+}

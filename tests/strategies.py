@@ -1,0 +1,72 @@
+"""A hypothesis strategy over the builder API: random valid blocks of every op."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+import resgen as rg
+
+DTYPES = (rg.f32, rg.f16, rg.bf16)
+
+
+@st.composite
+def random_blocks(draw, max_ops: int = 8) -> rg.Block:
+    """A valid block: row inputs, maybe weights and a scalar, a random op sequence, 1-3 outputs.
+
+    Values stay finite: square roots and rsqrt see |v| + 1, divisions divide by |v| + 1.
+    """
+    b = rg.Block("rand")
+    rows = [b.input(f"in{i}", draw(st.sampled_from(DTYPES))) for i in range(draw(st.integers(1, 3)))]
+    cols = [b.weight(f"w{i}", draw(st.sampled_from(DTYPES))) for i in range(draw(st.integers(0, 2)))]
+    scalars = [b.scalar("alpha")] if draw(st.booleans()) else []
+    row_scalars: list[rg.Value] = []
+    for _ in range(draw(st.integers(1, max_ops))):
+        a = draw(st.sampled_from(rows))
+        op = draw(st.sampled_from(["add", "sub", "mul", "div", "max", "sqrt", "rsqrt", "abs", "neg", "cast",
+                                   "row_sum", "row_mean", "row_max", "layer_norm", "rms_norm", "dropout", "rs"]))
+        other = draw(st.sampled_from(rows + cols + scalars + row_scalars + [1.5]))
+        if op == "add":
+            rows.append(a + other)
+        elif op == "sub":
+            rows.append(a - other)
+        elif op == "mul":
+            rows.append(a * other)
+        elif op == "div":
+            rows.append(a / (rg.abs(a) + 1.0) if isinstance(other, float) else a / (rg.abs(other) + 1.0))
+        elif op == "max":
+            rows.append(rg.maximum(a, other))
+        elif op == "sqrt":
+            rows.append(rg.sqrt(rg.abs(a) + 1.0))
+        elif op == "rsqrt":
+            rows.append(rg.rsqrt(rg.abs(a) + 1.0))
+        elif op == "abs":
+            rows.append(rg.abs(a))
+        elif op == "neg":
+            rows.append(-a)
+        elif op == "cast":
+            rows.append(rg.cast(a, draw(st.sampled_from(DTYPES))))
+        elif op in ("row_sum", "row_mean", "row_max"):
+            row_scalars.append(getattr(rg, op)(a))
+        elif op == "layer_norm":
+            w = draw(st.sampled_from([None, *cols]))
+            bias = draw(st.sampled_from([None, *cols]))
+            rows.append(rg.layer_norm(a, w, bias, eps=1e-5))
+        elif op == "rms_norm":
+            w = draw(st.sampled_from([None, *cols]))
+            rows.append(rg.rms_norm(a, w, eps=1e-6, offset=draw(st.sampled_from([0.0, 1.0])) if w is not None else 0.0))
+        elif op == "dropout":
+            rows.append(rg.dropout(a, draw(st.sampled_from([0.1, 0.5]))))
+        elif op == "rs" and row_scalars:
+            rows.append(a * (rg.abs(draw(st.sampled_from(row_scalars))) + 1.0))
+    # Every parameter feeds the final value, so none is unused.
+    final = rows[-1]
+    for p in rows[: len([p for p in b.params if p.op == "input"])] + cols:
+        final = final + p
+    for s in scalars:
+        final = final * s
+    b.output("result", final, dtype=draw(st.sampled_from(DTYPES)))
+    if row_scalars and draw(st.booleans()):
+        b.output("stat", draw(st.sampled_from(row_scalars)), dtype=rg.f32)
+    if len(rows) > 2 and draw(st.booleans()):
+        b.output("mid", rows[len(rows) // 2])
+    return b

@@ -1,0 +1,169 @@
+"""Lowering, rendering and NVRTC compilation: every catalog kernel compiles without spills."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import resgen as rg
+from resgen.codegen import LaunchConfig, default_config, emit, lower, plan_and_source
+from resgen.codegen.arch import get_arch
+from resgen.errors import CompileError, PlanError
+from resgen.runtime.compile import compile_for_device
+from resgen.runtime.nvrtc import compile_cubin, global_access_bits, parse_resources
+from tests.conftest import CATALOG, DTYPES
+from tests.strategies import random_blocks
+
+HIDDEN = [1, 128, 1000, 4096, 4097, 8192, 16384, 65536, 262144]
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("dt", DTYPES, ids=str)
+@pytest.mark.parametrize("name", CATALOG)
+def test_catalog_kernels_compile_without_spills(name, dt, hidden, arch):
+    plan, source = plan_and_source(rg.catalog[name](dt), hidden, arch=arch)
+    binary = compile_for_device(source, plan.name, arch)
+    for entry in plan.entries:
+        r = parse_resources(binary.log, entry.name)
+        assert (r.spill_stores, r.spill_loads, r.stack_frame) == (0, 0, 0), (entry.name, r)
+        assert plan.smem_bytes + r.shared_static <= get_arch(arch).max_dynamic_smem
+    if hidden % 8 == 0:  # aligned configs move 16 bytes per access
+        assert binary.access_bits == {"load": 128, "store": 128}, plan.name
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(block=random_blocks())
+def test_random_blocks_compile(block):
+    for hidden in (96, 1001):
+        plan, source = plan_and_source(block, hidden)
+        compile_for_device(source, plan.name, "sm_90")
+
+
+def test_heuristic_covers_every_family():
+    llama = rg.catalog.llama(rg.bf16)
+    assert default_config(llama, 128).family == "warp-per-row"
+    assert default_config(llama, 128).threads_per_row == 4
+    assert default_config(llama, 4096).family == "cta-per-row"
+    assert default_config(llama, 65536, "sm_90").family == "global-staged"
+    assert default_config(rg.catalog.parallel_residual(rg.bf16), 16384).family == "smem-staged"
+    assert default_config(llama, 4097).vec == 1  # odd sizes cannot use vectors
+    assert default_config(rg.catalog.llama(rg.f32), 4096).vec == 4  # 16 bytes of f32
+
+
+@pytest.mark.parametrize("config, message", [
+    (dict(threads_per_row=3, rows_per_cta=32, vec=8), "power of two"),
+    (dict(threads_per_row=1024, rows_per_cta=2, vec=8), "exceeds 1024"),
+    (dict(threads_per_row=8, rows_per_cta=1, vec=8), "multiple of 32"),
+    (dict(threads_per_row=32, rows_per_cta=1, vec=3), "vec must be"),
+    (dict(threads_per_row=32, rows_per_cta=1, vec=8, cache="l2"), "cache must be"),
+    (dict(threads_per_row=0, rows_per_cta=1, vec=8), "power of two"),
+])
+def test_invalid_configs_are_rejected(config, message):
+    with pytest.raises(PlanError, match=message):
+        LaunchConfig(**config)
+
+
+def test_plan_rejects_configs_that_would_spill_or_overflow_smem():
+    llama = rg.catalog.llama(rg.bf16)
+    with pytest.raises(PlanError, match="registers needs"):
+        lower(llama, 65536, LaunchConfig(1024, 1, 8, "registers"))
+    with pytest.raises(PlanError, match="shared-memory row cache needs"):
+        lower(llama, 262144, LaunchConfig(1024, 1, 8, "smem"), arch="sm_80")
+    with pytest.raises(PlanError, match="idle"):
+        lower(llama, 64, LaunchConfig(1024, 1, 8, "registers"))
+
+
+def test_config_strings_parse_and_print():
+    base = default_config(rg.catalog.llama(), 4096)
+    c = LaunchConfig.parse("tpr=256,cache=smem", base=base)
+    assert (c.threads_per_row, c.cache, c.vec) == (256, "smem", base.vec)
+    assert LaunchConfig.parse(str(c)) == c
+    with pytest.raises(PlanError, match="cannot parse"):
+        LaunchConfig.parse("bogus")
+
+
+def test_kernel_name_is_built_from_the_configuration():
+    plan = lower(rg.catalog.llama(rg.bf16), 4096, LaunchConfig(256, 1, 8, "registers"))
+    assert plan.name == "rg_llama_bf16_h4096_t256_r1_v8_reg"
+    assert [e.name for e in plan.entries] == [plan.name, plan.name + "_narrow"]
+
+
+def test_emitted_source_is_readable_on_its_own():
+    source = emit(rg.catalog.gemma(rg.bf16), 4096)
+    header = source.split("#include")[0]
+    assert "rg_gemma_bf16_h4096" in header and "block @gemma(hidden = 4096)" in header
+    assert "launch      " in header and "row cache" in header
+    assert re.search(r"const float t\d+ = x_v\[j\] \+ residual_v\[j\];", source)
+    assert "#include <cuda_bf16.h>" in source and "#include <cuda_fp16.h>" not in source
+
+
+def test_f32_kernels_include_no_half_headers():
+    assert "#include" not in emit(rg.catalog.llama(rg.f32), 1024)
+
+
+def test_emit_matches_the_cli(capsys):
+    from resgen.cli import main
+
+    assert main(["emit", "llama", "--hidden", "1000", "--arch", "sm_80"]) == 0
+    assert capsys.readouterr().out == emit(rg.catalog.llama(), 1000, arch="sm_80")
+
+
+def test_inspect_reports_resources_and_access_width(capsys):
+    from resgen.cli import main
+
+    assert main(["inspect", "llama", "--hidden", "4096"]) == 0
+    out = capsys.readouterr().out
+    assert "widest load 128 bits" in out and "rg_llama_bf16_h4096" in out and "regs" in out
+
+
+def test_compile_error_shows_the_failing_source_lines():
+    source = "\n".join(["// line 1", "// line 2", 'extern "C" __global__ void k() {', "  int x = undefined_thing;", "}"])
+    with pytest.raises(CompileError) as info:
+        compile_cubin(source, "k", "sm_90")
+    text = str(info.value)
+    assert "undefined_thing" in text and ">    4|   int x = undefined_thing;" in text
+
+
+def test_resource_report_parsing():
+    log = """ptxas info    : Compiling entry function 'k_narrow' for 'sm_90'
+ptxas info    : Function properties for k_narrow
+ptxas         .     8 bytes stack frame, 4 bytes spill stores, 8 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 64 bytes smem
+ptxas info    : Compiling entry function 'k' for 'sm_90'
+ptxas info    : Function properties for k
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 32 registers, used 1 barriers, 16 bytes smem
+"""
+    assert parse_resources(log, "k").as_dict() == dict(registers=32, spill_stores=0, spill_loads=0, stack_frame=0,
+                                                      shared_static=16, barriers=1)
+    assert parse_resources(log, "k_narrow").spills == 12
+    with pytest.raises(CompileError):
+        parse_resources(log, "missing")
+
+
+def test_access_width_from_ptx():
+    ptx = "ld.global.nc.v4.u32 {%r1,%r2,%r3,%r4}, [%rd1];\nst.global.v2.u32 [%rd2], {%r1,%r2};\nld.global.u16 %rs1, [%rd3];"
+    assert global_access_bits(ptx) == {"load": 128, "store": 64}
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_89", "sm_90", "sm_100"])
+def test_compiles_for_every_supported_arch(arch):
+    plan, source = plan_and_source(rg.catalog.bert(rg.bf16), 4096, arch=arch)
+    assert compile_for_device(source, plan.name, arch).cubin[:4] == b"\x7fELF"
+
+
+@pytest.mark.parametrize("names", [("x", "x_v"), ("t0", "y"), ("lane", "y")])
+def test_colliding_c_identifiers_are_rejected(names):
+    b = rg.Block("clash")
+    h = b.input(names[0]) + b.input(names[1])
+    b.output("res", rg.rms_norm(h))
+    with pytest.raises(PlanError, match="collide"):
+        lower(b, 64)
+
+
+def test_cpp_keywords_are_not_parameter_names():
+    with pytest.raises(rg.VerifyError, match="keyword"):
+        rg.Block("k").input("float")
