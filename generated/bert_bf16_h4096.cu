@@ -36,6 +36,9 @@
 #include <cuda_bf16.h>
 
 // ---- resgen device helpers (templates/prelude.cuh) ----
+#ifndef RG_DYNAMIC_SMEM  // resgen's CPU emulator provides its own
+#define RG_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 // Storage types convert to and from float32, where all arithmetic happens.
 template <typename T> struct rg_io;
 template <> struct rg_io<float> {

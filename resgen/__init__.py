@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from resgen.catalog import catalog
+from resgen.codegen import LaunchConfig, emit
 from resgen.errors import (
     BackendUnavailableError,
     CompileError,
@@ -30,13 +31,15 @@ from resgen.ir.builder import (
 from resgen.ir.dtypes import DType, bf16, f16, f32
 from resgen.passes import pipeline
 from resgen.reference import reference
+from resgen.runtime.kernel import Kernel, compile
 from resgen.signature import Outputs
+from resgen.verification import VerifyReport, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendUnavailableError", "Block", "CompileError", "DType", "IRTypeError", "LaunchError", "Output",
-    "Outputs", "PlanError", "ResgenError", "SpecError", "Value", "VerifyError", "abs", "bf16", "cast",
-    "catalog", "dropout", "f16", "f32", "layer_norm", "maximum", "pipeline", "reference", "rms_norm",
-    "row_max", "row_mean", "row_sum", "rsqrt", "sqrt",
+    "BackendUnavailableError", "Block", "CompileError", "DType", "IRTypeError", "Kernel", "LaunchConfig",
+    "LaunchError", "Output", "Outputs", "PlanError", "ResgenError", "SpecError", "Value", "VerifyError",
+    "VerifyReport", "abs", "bf16", "cast", "catalog", "compile", "dropout", "emit", "f16", "f32", "layer_norm",
+    "maximum", "pipeline", "reference", "rms_norm", "row_max", "row_mean", "row_sum", "rsqrt", "sqrt", "verify",
 ]

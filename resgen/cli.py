@@ -41,7 +41,7 @@ def _plan_and_source(args: argparse.Namespace):
     from resgen.codegen import plan_and_source
     from resgen.spec import resolve
 
-    return plan_and_source(resolve(args.spec, args.dtype), args.hidden, args.config, args.arch)
+    return plan_and_source(resolve(args.spec, args.dtype), args.hidden, args.config, args.arch or "sm_90")
 
 
 def _cmd_emit(args: argparse.Namespace) -> int:
@@ -87,10 +87,21 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from resgen.spec import resolve
+    from resgen.verification import verify
+
+    report = verify(resolve(args.spec, args.dtype), args.hidden, args.rows, backend=args.backend, seed=args.seed,
+                    config=args.config, arch=args.arch)
+    print(report.table())
+    return 0 if report.ok else 1
+
+
 def _add_kernel_args(p: argparse.ArgumentParser) -> None:
     _add_spec(p)
     p.add_argument("--hidden", type=int, required=True, help="hidden size to specialize for")
-    p.add_argument("--arch", default="sm_90", help="GPU architecture (sm_80, sm_89, sm_90, sm_100, ...)")
+    p.add_argument("--arch", default=None, help="GPU architecture (sm_80, sm_89, sm_90, sm_100, ...; default: "
+                   "the GPU's own, or sm_90)")
     p.add_argument("--config", default=None, help="launch config overrides: tpr=256,rows=1,vec=8,cache=registers")
 
 
@@ -125,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "shared memory and the width of global loads/stores.")
     _add_kernel_args(p)
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("verify", help="run a kernel against the PyTorch reference",
+                       description="Compile SPEC, run it and the reference on fresh random inputs (outputs "
+                                   "poisoned with NaN), print per-output errors; exit 1 on failure.")
+    _add_kernel_args(p)
+    p.add_argument("--rows", type=int, default=64, help="rows of random input (default 64)")
+    p.add_argument("--backend", default="auto", choices=["auto", "cuda", "emu"], help="where to run (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the inputs and of dropout")
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("generate", help="rewrite generated/ (the catalog's emitted CUDA)",
                        description="Write the emitted CUDA of every catalog block to generated/.")

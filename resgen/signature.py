@@ -65,7 +65,8 @@ def _check_int64(name: str, value: Any) -> int:
     return value
 
 
-def bind(block: Block, kwargs: Mapping[str, Any], *, allow_outputs: bool = False) -> BoundCall:
+def bind(block: Block, kwargs: Mapping[str, Any], *, allow_outputs: bool = False,
+         hidden: int | None = None) -> BoundCall:
     """Check names, kinds, dtypes and shapes of a call's arguments; errors name the argument."""
     params = {p.name: p for p in block.params}
     outputs = {o.name: o for o in block.outputs}
@@ -94,7 +95,11 @@ def bind(block: Block, kwargs: Mapping[str, Any], *, allow_outputs: bool = False
     first = tensors[row_inputs[0]]
     if first.dim() < 1:
         raise LaunchError(f"argument {row_inputs[0]!r} must have shape [..., hidden], got a 0-d tensor")
-    hidden = block.hidden if block.is_specialized else first.shape[-1]
+    if hidden is None:
+        hidden = block.hidden if block.is_specialized else first.shape[-1]
+    elif first.shape[-1] != hidden:
+        raise LaunchError(f"argument {row_inputs[0]!r} has hidden size {first.shape[-1]}, but this kernel was "
+                          f"compiled for hidden={hidden}")
     lead = tuple(first.shape[:-1])
     for name, t in tensors.items():
         expected = (*lead, hidden) if params[name].op == "input" else (hidden,)

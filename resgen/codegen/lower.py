@@ -325,24 +325,25 @@ def _entries(block: Block, name: str, vec: int) -> tuple[Entry, ...]:
 
 
 def _abi(block: Block, row_in: dict[str, RowTensor], row_out: dict[str, RowTensor], dropout: bool) -> tuple[Param, ...]:
+    """The kernel's parameters in order: inputs by declaration, outputs, then seed/offset and rows."""
     params: list[Param] = []
     for p in block.params:
-        restrict = " __restrict__" if p.op != "input" or row_in[p.name].restrict else ""
         if p.op == "input":
-            params += [Param("row_in", p.name, f"const {p.dtype.c_type}*{restrict} {p.name}", dtype=p.dtype.name),
-                       Param("stride", f"{p.name}_stride", f"long long {p.name}_stride", of=p.name)]
+            restrict = " __restrict__" if row_in[p.name].restrict else ""
+            params += [Param("row_in", p.name, f"const {p.dtype.c_type}*{restrict}", dtype=p.dtype.name),
+                       Param("stride", f"{p.name}_stride", "long long", of=p.name)]
         elif p.op == "weight":
-            params.append(Param("col_in", p.name, f"const {p.dtype.c_type}* __restrict__ {p.name}", dtype=p.dtype.name))
+            params.append(Param("col_in", p.name, f"const {p.dtype.c_type}* __restrict__", dtype=p.dtype.name))
         else:
-            params.append(Param("scalar", p.name, f"float {p.name}", dtype=p.dtype.name))
+            params.append(Param("scalar", p.name, "float", dtype=p.dtype.name))
     for o in block.outputs:
         if o.node.kind is Kind.ROW:
             restrict = " __restrict__" if row_out[o.name].restrict else ""
-            params += [Param("row_out", o.name, f"{o.dtype.c_type}*{restrict} {o.name}", dtype=o.dtype.name),
-                       Param("stride", f"{o.name}_stride", f"long long {o.name}_stride", of=o.name)]
+            params += [Param("row_out", o.name, f"{o.dtype.c_type}*{restrict}", dtype=o.dtype.name),
+                       Param("stride", f"{o.name}_stride", "long long", of=o.name)]
         else:
-            params.append(Param("rowscalar_out", o.name, f"{o.dtype.c_type}* __restrict__ {o.name}", dtype=o.dtype.name))
+            params.append(Param("rowscalar_out", o.name, f"{o.dtype.c_type}* __restrict__", dtype=o.dtype.name))
     if dropout:
-        params += [Param("seed", "seed", "unsigned long long seed"), Param("offset", "offset", "unsigned long long offset")]
-    params.append(Param("rows", "rows", "long long rows"))
+        params += [Param("seed", "seed", "unsigned long long"), Param("offset", "offset", "unsigned long long")]
+    params.append(Param("rows", "rows", "long long"))
     return tuple(params)

@@ -155,9 +155,13 @@ class Param:
 
     role: str
     name: str
-    c_decl: str
+    c_type: str
     of: str = ""
     dtype: str = ""
+
+    @property
+    def c_decl(self) -> str:
+        return f"{self.c_type} {self.name}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,142 @@
+"""From checked call arguments to a launch: outputs, row strides, alignment, the ABI argument list.
+
+Shared by every backend, so `emu` and `cuda` marshal arguments identically.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from resgen.codegen.plan import Entry, KernelPlan
+from resgen.errors import LaunchError
+from resgen.ir.block import Block
+from resgen.ir.nodes import Kind
+from resgen.signature import BoundCall
+
+#: ABI C type -> marshalling kind: a device pointer, a 64-bit signed or unsigned int, a float.
+_KINDS = {"long long": "i64", "unsigned long long": "u64", "float": "f32"}
+_CTYPES = {"ptr": ctypes.c_void_p, "i64": ctypes.c_longlong, "u64": ctypes.c_ulonglong, "f32": ctypes.c_float}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything a backend needs to run one call."""
+
+    entry: Entry
+    args: tuple[tuple[str, int | float], ...]  # (kind, value) in ABI order; kind: ptr, i64, u64, f32
+    grid: int
+    threads: int
+    smem_bytes: int
+    outputs: dict[str, torch.Tensor]
+
+    def kernel_params(self) -> tuple[ctypes.Array, list[ctypes._SimpleCData]]:
+        """The `void* args[]` array both backends launch with, and the values it points to (keep alive)."""
+        values = [_CTYPES[kind](value) for kind, value in self.args]
+        array = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
+        return array, values
+
+
+def row_stride(name: str, t: torch.Tensor, hidden: int) -> int:
+    """The element stride between consecutive rows of `t` viewed as [rows, hidden]."""
+    if hidden > 1 and t.stride(-1) != 1:
+        raise LaunchError(f"argument {name!r}: the last (hidden) dimension must be contiguous (stride 1), "
+                          f"got stride {t.stride(-1)}; call .contiguous()")
+    lead = [(size, stride) for size, stride in zip(t.shape[:-1], t.stride()[:-1], strict=True) if size != 1]
+    for (_, outer), (inner_size, inner) in itertools.pairwise(lead):
+        if outer != inner * inner_size:
+            raise LaunchError(f"argument {name!r}: leading dimensions {list(t.shape[:-1])} with strides "
+                              f"{list(t.stride()[:-1])} do not form one row stride; call .contiguous()")
+    return lead[-1][1] if lead else hidden
+
+
+def _extent(t: torch.Tensor) -> tuple[int, int]:
+    span = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True)) if t.numel() else 0
+    return t.data_ptr(), t.data_ptr() + span * t.element_size()
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    (a0, a1), (b0, b1) = _extent(a), _extent(b)
+    return a0 < b1 and b0 < a1
+
+
+def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -> Launch:
+    """Check devices, layouts and aliasing, allocate missing outputs, and build the ABI arguments."""
+    hidden, lead = plan.hidden, call.lead
+    for name, t in call.tensors.items():
+        if t.device.type != device_type:
+            raise LaunchError(f"argument {name!r} is on {t.device}, but this kernel runs on {device_type} "
+                              f"(backend {'emu' if device_type == 'cpu' else 'cuda'})")
+    device = next(iter(call.tensors.values())).device
+    inputs = {p.name: call.tensors[p.name] for p in block.params_of("input")}
+    weights = {p.name: call.tensors[p.name] for p in block.params_of("weight")}
+    for name, w in weights.items():
+        if hidden > 1 and w.stride(-1) != 1:
+            raise LaunchError(f"argument {name!r} must be contiguous, got stride {w.stride(-1)}")
+
+    outputs: dict[str, torch.Tensor] = {}
+    for o in block.outputs:
+        given = call.outs.get(o.name)
+        if o.inplace:
+            target = inputs[o.inplace]
+            if given is not None and (given.data_ptr(), given.stride()) != (target.data_ptr(), target.stride()):
+                raise LaunchError(f"output argument {o.name!r} is written in place into input {o.inplace!r}; "
+                                  f"pass that tensor or nothing")
+            outputs[o.name] = target
+        elif given is not None:
+            if given.device != device:
+                raise LaunchError(f"output argument {o.name!r} is on {given.device}, inputs are on {device}")
+            if o.node.kind is Kind.ROWS and not given.is_contiguous():
+                raise LaunchError(f"output argument {o.name!r} (a row scalar) must be contiguous")
+            outputs[o.name] = given
+        else:
+            shape = (*lead, hidden) if o.node.kind is Kind.ROW else lead
+            outputs[o.name] = torch.empty(shape, dtype=o.dtype.torch_dtype, device=device)
+
+    written = {o.name: outputs[o.name] for o in block.outputs}
+    read = {**inputs, **weights}
+    for name, out in written.items():
+        inplace = next(o.inplace for o in block.outputs if o.name == name)
+        for other, t in read.items():
+            if other != inplace and t.numel() and out.numel() and _overlaps(out, t):
+                raise LaunchError(f"output {name!r} overlaps input {other!r}; resgen reads every input before "
+                                  f"writing, but only a declared in-place output may share its buffer")
+        for other, t in written.items():
+            if other < name and _overlaps(out, t) and out.numel():
+                raise LaunchError(f"outputs {other!r} and {name!r} overlap")
+
+    rows = call.rows
+    if rows >= 2**32 and plan.uses_dropout:
+        raise LaunchError(f"{rows} rows exceed dropout's 32-bit row counter")
+    strides = {n: row_stride(n, t, hidden) for n, t in {**inputs, **{
+        o.name: outputs[o.name] for o in block.outputs if o.node.kind is Kind.ROW}}.items()}
+
+    wide = plan.entries[0]
+    row_tensors = [(inputs | outputs)[n] for n in strides]
+    aligned = all(t.data_ptr() % wide.align == 0 for t in row_tensors + list(weights.values())) and (
+        rows <= 1 or all((s * t.element_size()) % wide.align == 0 for s, t in zip(strides.values(), row_tensors, strict=True)))
+    entry = wide if aligned or len(plan.entries) == 1 else plan.entries[1]
+
+    args: list[tuple[str, int | float]] = []
+    for p in plan.params:
+        if p.role in ("row_in", "col_in"):
+            args.append(("ptr", call.tensors[p.name].data_ptr()))
+        elif p.role in ("row_out", "rowscalar_out"):
+            args.append(("ptr", outputs[p.name].data_ptr()))
+        elif p.role == "stride":
+            args.append(("i64", strides[p.of]))
+        elif p.role == "scalar":
+            args.append(("f32", call.scalars[p.name]))
+        elif p.role in ("seed", "offset"):
+            args.append(("u64", getattr(call, p.role)))
+        elif p.role == "rows":
+            args.append(("i64", rows))
+        else:
+            raise AssertionError(f"unknown ABI role {p.role}")
+        assert p.role in ("row_in", "col_in", "row_out", "rowscalar_out") or _KINDS[p.c_type] == args[-1][0]
+    if plan.grid(rows) >= 2**31:
+        raise LaunchError(f"{rows} rows need {plan.grid(rows)} CTAs, over CUDA's 2**31 - 1")
+    return Launch(entry, tuple(args), plan.grid(rows), plan.threads, plan.smem_bytes, outputs)

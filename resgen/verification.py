@@ -1,0 +1,117 @@
+"""`rg.verify`: run a kernel and the reference on fresh random inputs and compare every output."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from resgen.codegen import LaunchConfig
+from resgen.ir.block import Block
+from resgen.ir.dtypes import DType, bf16, f16, f32
+from resgen.ir.nodes import Kind
+from resgen.reference import reference
+
+#: Per storage dtype: (tolerance on ||out - ref|| / ||ref||, tolerance on max |out - ref| / max(1, max |ref|)).
+#: Outputs are compared after rounding, so a one-ulp difference of the storage dtype must pass.
+TOLERANCES: dict[DType, tuple[float, float]] = {f32: (1e-5, 1e-5), f16: (1e-3, 1e-3), bf16: (8e-3, 8e-3)}
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    name: str
+    dtype: DType
+    max_abs: float
+    rel_norm: float
+    max_abs_tol: float
+    rel_norm_tol: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs <= self.max_abs_tol and self.rel_norm <= self.rel_norm_tol
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The outcome of one verification: a check per output and what ran."""
+
+    block: str
+    hidden: int
+    rows: int
+    backend: str
+    kernel: str
+    config: LaunchConfig
+    outputs: tuple[OutputCheck, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outputs)
+
+    def __getitem__(self, name: str) -> OutputCheck:
+        return next(o for o in self.outputs if o.name == name)
+
+    def table(self) -> str:
+        lines = [f"{self.kernel} on {self.backend}: {self.rows} rows x hidden {self.hidden}, config {self.config}",
+                 f"{'output':<16} {'dtype':<5} {'max |err|':>11} {'tol':>9} {'rel ||err||':>12} {'tol':>9}  result"]
+        for o in self.outputs:
+            lines.append(f"{o.name:<16} {o.dtype.name:<5} {o.max_abs:>11.3e} {o.max_abs_tol:>9.1e} "
+                         f"{o.rel_norm:>12.3e} {o.rel_norm_tol:>9.1e}  {'ok' if o.ok else 'FAIL'}")
+        lines.append("PASS" if self.ok else "FAIL")
+        return "\n".join(lines)
+
+
+def random_inputs(block: Block, lead: tuple[int, ...], hidden: int, *, seed: int = 0,
+                  device: str | torch.device = "cpu") -> dict[str, object]:
+    """Fresh random arguments for every parameter (normal row inputs, weights near 1, scalars in [0.5, 1.5))."""
+    gen = torch.Generator().manual_seed(seed)
+    args: dict[str, object] = {}
+    for p in block.params:
+        if p.op == "scalar":
+            args[p.name] = 0.5 + torch.rand((), generator=gen).item()
+            continue
+        shape = (*lead, hidden) if p.op == "input" else (hidden,)
+        values = torch.randn(shape, generator=gen)
+        if p.op == "weight":
+            values = 1.0 + 0.5 * values
+        args[p.name] = values.to(p.dtype.torch_dtype).to(device)
+    return args
+
+
+def compare(name: str, dtype: DType, out: torch.Tensor, ref: torch.Tensor) -> OutputCheck:
+    """Errors of `out` against `ref`; NaN anywhere `ref` is finite (a poisoned, unwritten element) fails."""
+    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
+    rel_tol, abs_tol = TOLERANCES[dtype]
+    diff = (out64 - ref64).abs()
+    same_nonfinite = ~torch.isfinite(ref64) & (out64 == ref64) | (ref64.isnan() & out64.isnan())
+    diff = torch.where(same_nonfinite, torch.zeros_like(diff), diff)
+    finite_ref = torch.where(torch.isfinite(ref64), ref64, torch.zeros_like(ref64))
+    bad = diff.isnan().any().item()
+    max_abs = math.inf if bad else (diff.max().item() if diff.numel() else 0.0)
+    norm = finite_ref.norm().item()
+    rel = math.inf if bad else (diff.norm().item() / norm if norm > 0 else diff.norm().item())
+    scale = max(1.0, finite_ref.abs().max().item() if finite_ref.numel() else 1.0)
+    return OutputCheck(name, dtype, max_abs, rel, abs_tol * scale, rel_tol)
+
+
+def verify(block: Block, hidden: int, rows: int, backend: str = "auto", seed: int = 0,
+           config: LaunchConfig | str | None = None, arch: str | None = None) -> VerifyReport:
+    """Compile `block`, run it and the reference on fresh random inputs, and compare every output.
+
+    Outputs are preallocated and poisoned with NaN, so an element the kernel never writes fails.
+    Dropout runs with its real p, keyed by `seed`.
+    """
+    from resgen.runtime.kernel import compile
+
+    kernel = compile(block, hidden, backend=backend, config=config, arch=arch)
+    device = "cuda" if kernel.backend == "cuda" else "cpu"
+    args = random_inputs(block, (rows,), hidden, seed=seed, device=device)
+    want = reference(block, **args, seed=seed)
+    call = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    for o in block.outputs:
+        if not o.inplace:
+            shape = (rows, hidden) if o.node.kind is Kind.ROW else (rows,)
+            call[o.name] = torch.full(shape, float("nan"), dtype=o.dtype.torch_dtype, device=device)
+    got = kernel(**call, seed=seed)
+    checks = tuple(compare(o.name, o.dtype, got[o.name], want[o.name]) for o in block.outputs)
+    return VerifyReport(block.name, hidden, rows, kernel.backend, kernel.name, kernel.config, checks)

@@ -1,0 +1,189 @@
+"""The emu backend runs the exact emitted CUDA on the CPU and matches the reference."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+
+import resgen as rg
+from resgen.codegen import LaunchConfig, default_config, lower
+from resgen.errors import PlanError
+from resgen.verification import random_inputs
+from tests.conftest import CATALOG, DTYPES
+from tests.strategies import random_blocks
+
+HIDDEN = [1, 128, 1000, 4096, 4097]
+FAMILIES = ["warp-per-row", "cta-per-row", "smem-staged", "global-staged"]
+
+
+def family_config(block: rg.Block, hidden: int, family: str) -> LaunchConfig | None:
+    """A config of `family` for this size, or None when no valid one exists."""
+    base = default_config(block, hidden)
+    if family == "warp-per-row":
+        tpr = min(32, 1 << max(0, math.ceil(math.log2(math.ceil(hidden / base.vec)))))
+        config = LaunchConfig(tpr, max(1, 128 // tpr), base.vec, "registers")
+    elif family == "cta-per-row":
+        config = LaunchConfig(128, 1, base.vec, "registers")
+    else:
+        config = replace(base, cache=family.split("-")[0])
+    try:
+        lower(block, hidden, config)
+    except PlanError:
+        return None
+    return config
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("dt", DTYPES, ids=str)
+@pytest.mark.parametrize("name", CATALOG)
+def test_catalog_verifies_on_emu(name, dt, hidden, family):
+    block = rg.catalog[name](dt)
+    config = family_config(block, hidden, family)
+    if config is None:
+        pytest.skip(f"no {family} config fits hidden={hidden}")
+    for rows in (1, 37):
+        report = rg.verify(block, hidden, rows, backend="emu", seed=rows, config=config)
+        assert report.ok, report.table()
+
+
+def test_every_family_is_exercised_somewhere():
+    llama = rg.catalog.llama(rg.bf16)
+    assert all(family_config(llama, 1000, f) is not None for f in FAMILIES)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(block=random_blocks())
+def test_random_blocks_verify_on_emu(block):
+    for hidden, rows in ((96, 5), (1001, 3)):
+        report = rg.verify(block, hidden, rows, backend="emu", seed=hidden)
+        assert report.ok, report.table()
+
+
+def dropout_block(p: float) -> rg.Block:
+    b = rg.Block("drop")
+    x = b.input("x")
+    b.output("y", rg.dropout(x, p))
+    b.output("z", rg.dropout(x * 2.0, p))
+    return b
+
+
+@pytest.mark.parametrize("vec", [1, 2, 8])
+def test_dropout_masks_are_bit_identical_to_the_reference(vec):
+    block, hidden = dropout_block(0.3), 1000
+    x = torch.rand(37, hidden) + 0.5
+    k = rg.compile(block, hidden, backend="emu", config=LaunchConfig(32, 4, vec, "registers"))
+    for seed, offset in ((0, 0), (12345, 7), (2**40 + 3, 2**33)):
+        got, want = k(x=x, seed=seed, offset=offset), rg.reference(block, x=x, seed=seed, offset=offset)
+        assert torch.equal(got.y == 0, want.y == 0) and torch.equal(got.z == 0, want.z == 0)
+        assert torch.equal(got.y, want.y)
+
+
+def test_strided_and_3d_inputs():
+    block = rg.catalog.gpt2(rg.bf16)
+    k = rg.compile(block, 512, backend="emu")
+    base = random_inputs(block, (4, 6), 1024, seed=1)
+    args = {"x": base["x"][:, ::2, :512], "residual": base["residual"][:, 1::2, 512:],
+            "weight": base["weight"][:512], "bias": base["bias"][512:]}
+    assert k.prepare(**args).args[1] == ("i64", 2 * 1024)  # x's row stride, passed to the kernel
+    got, want = k(**args), rg.reference(block, **args)
+    assert got.y.shape == got.residual_out.shape == (4, 3, 512)
+    for name in want:
+        torch.testing.assert_close(got[name].float(), want[name].float(), rtol=8e-3, atol=8e-3)
+
+
+def test_misaligned_rows_take_the_narrow_entry_point():
+    block = rg.catalog.llama(rg.bf16)
+    k = rg.compile(block, 256, backend="emu")
+    big = random_inputs(block, (9,), 257, seed=2)
+    args = {"x": big["x"][:, 1:], "residual": big["residual"][:, :256], "weight": big["weight"][1:]}
+    assert k.prepare(**args).entry.name.endswith("_narrow")
+    got, want = k(**args), rg.reference(block, **args)
+    for name in want:
+        torch.testing.assert_close(got[name].float(), want[name].float(), rtol=8e-3, atol=8e-3)
+    aligned = random_inputs(block, (9,), 256, seed=2)
+    assert k.prepare(**aligned).entry.name == k.plan.name
+
+
+@pytest.mark.parametrize("cache", ["registers", "smem", "global"])
+def test_in_place_output_overwrites_its_input(cache):
+    block = rg.catalog.llama_fp32_residual(rg.bf16)
+    k = rg.compile(block, 1024, backend="emu", config=LaunchConfig(128, 1, 8, cache))
+    args = random_inputs(block, (2, 5), 1024, seed=3)
+    want = rg.reference(block, **args)
+    residual = args["residual"]
+    got = k(**args)
+    assert got.residual_out.data_ptr() == residual.data_ptr()
+    torch.testing.assert_close(residual, want.residual_out)
+    torch.testing.assert_close(got.y.float(), want.y.float(), rtol=8e-3, atol=8e-3)
+
+
+def test_row_scalar_outputs_and_preallocated_outputs():
+    b = rg.Block("stats")
+    x = b.input("x", rg.bf16)
+    b.output("mean", rg.row_mean(x), dtype=rg.f32)
+    b.output("amax", rg.row_max(rg.abs(x)))
+    b.output("y", x * rg.rsqrt(rg.row_mean(x * x) + 1e-6))
+    k = rg.compile(b, 700, backend="emu")
+    x_t = torch.randn(3, 4, 700).bfloat16()
+    y = torch.empty(3, 4, 700, dtype=torch.bfloat16)
+    got, want = k(x=x_t, y=y), rg.reference(b, x=x_t)
+    assert got.y is y and got.mean.shape == (3, 4)
+    torch.testing.assert_close(got.mean, want.mean, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got.amax, want.amax)
+
+
+def test_zero_rows_launch_nothing():
+    block = rg.catalog.llama(rg.f32)
+    k = rg.compile(block, 64, backend="emu")
+    got = k(**random_inputs(block, (0,), 64))
+    assert got.y.shape == (0, 64)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda a: a.update(x=a["x"][:, :32]), "compiled for hidden=64"),
+    (lambda a: a.update(x=a["x"].t().contiguous().t()), "last .hidden. dimension must be contiguous"),
+    (lambda a: a.update(x=a["x"].double()), "'x' must have dtype"),
+    (lambda a: a.update(y=torch.empty(8, 32)), "output argument 'y' must have shape"),
+    (lambda a: a.update(y=torch.empty(8, 64, dtype=torch.float16)), "'y' must have dtype"),
+    (lambda a: a.update(weight=torch.randn(128)[::2]), "'weight' must be contiguous"),
+    (lambda a: a.update(y=a["x"]), "overlaps input 'x'"),
+    (lambda a: a.update(x=torch.randn(2, 4, 64).transpose(0, 1), residual=torch.randn(4, 2, 64)),
+     "'x': leading dimensions .* do not form one row stride"),
+    (lambda a: a.update(nope=1), "unknown argument"),
+    (lambda a: a.pop("residual"), "missing argument"),
+])
+def test_call_errors_name_the_argument(mutate, message):
+    block = rg.catalog.llama(rg.f32)
+    k = rg.compile(block, 64, backend="emu")
+    args = random_inputs(block, (8,), 64)
+    mutate(args)
+    with pytest.raises(rg.LaunchError, match=message):
+        k(**args)
+
+
+def test_cuda_backend_without_a_gpu_says_so_and_names_emu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(rg.BackendUnavailableError, match="emu"):
+        rg.compile(rg.catalog.llama(), 4096, backend="cuda")
+    assert rg.compile(rg.catalog.llama(), 64, backend="auto").backend == "emu"
+
+
+def test_kernel_exposes_source_config_and_resources():
+    k = rg.compile(rg.catalog.llama(), 4096, backend="emu")
+    assert k.source == rg.emit(rg.catalog.llama(), 4096)
+    assert k.config == default_config(rg.catalog.llama(), 4096)
+    assert all(r.spills == 0 for r in k.resources.values())
+
+
+def test_verify_cli_prints_a_table_and_exit_code(capsys):
+    from resgen.cli import main
+
+    assert main(["verify", "llama", "--hidden", "256", "--rows", "5", "--backend", "emu"]) == 0
+    out = capsys.readouterr().out
+    assert "residual_out" in out and "PASS" in out

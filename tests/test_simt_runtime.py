@@ -1,0 +1,47 @@
+"""The SIMT runtime catches what a GPU could hide: missing and divergent barriers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import resgen as rg
+from resgen.codegen import LaunchConfig, plan_and_source
+from resgen.runtime.emu import EmuBackend
+from resgen.runtime.kernel import Kernel
+from resgen.verification import random_inputs
+
+BARRIER = "        __syncthreads();\n"
+
+
+def kernel_with(source_edit, block: rg.Block, hidden: int, config: LaunchConfig) -> Kernel:
+    plan, source = plan_and_source(block, hidden, config)
+    assert BARRIER in source
+    edited = source_edit(source)
+    return Kernel(block, hidden, plan, edited, EmuBackend(plan, edited))
+
+
+def test_missing_barrier_gives_a_wrong_answer_every_time():
+    block = rg.catalog.llama(rg.f32)
+    config = LaunchConfig(128, 1, 4, "registers")  # four warps per row: partial sums meet in shared memory
+    args = random_inputs(block, (6,), 2048, seed=4)
+    want = rg.reference(block, **args)
+    good = kernel_with(lambda s: s, block, 2048, config)(**args)
+    torch.testing.assert_close(good.y, want.y, rtol=1e-5, atol=1e-5)
+    broken = kernel_with(lambda s: s.replace(BARRIER, ""), block, 2048, config)
+    for _ in range(3):
+        assert not torch.allclose(broken(**args).y, want.y, rtol=1e-2, atol=1e-2)
+
+
+def test_divergent_barrier_is_reported_not_hung():
+    block = rg.catalog.gemma2_sandwich(rg.f32)
+    divergent = kernel_with(lambda s: s.replace(BARRIER, "        if (lane % 2) __syncthreads();\n"),
+                            block, 2048, LaunchConfig(128, 1, 4, "registers"))
+    with pytest.raises(rg.LaunchError, match="deadlock"):
+        divergent(**random_inputs(block, (2,), 2048))
+
+
+def test_dynamic_shared_memory_is_poisoned_per_cta():
+    # The smem-staged kernel reads back only what it wrote; every row still verifies.
+    report = rg.verify(rg.catalog.gpt2(rg.f32), 1000, 9, backend="emu", config="tpr=32,rows=4,vec=4,cache=smem")
+    assert report.ok, report.table()
