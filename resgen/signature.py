@@ -59,7 +59,16 @@ class BoundCall:
         return math.prod(self.lead)
 
 
-def _check_int64(name: str, value: Any) -> int:
+def check_scalar(name: str, value: Any) -> float:
+    """A runtime scalar argument as a float; a one-element tensor is accepted."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LaunchError(f"argument {name!r} is a runtime scalar: pass a Python number, got {type(value).__name__}")
+    return float(value)
+
+
+def check_int64(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
         raise LaunchError(f"argument {name!r} must be an int in [0, 2**64), got {value!r}")
     return value
@@ -83,11 +92,7 @@ def bind(block: Block, kwargs: Mapping[str, Any], *, allow_outputs: bool = False
     for name, p in params.items():
         value = kwargs[name]
         if p.op == "scalar":
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                value = value.item()
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise LaunchError(f"argument {name!r} is a runtime scalar: pass a Python number, got {type(value).__name__}")
-            scalars[name] = float(value)
+            scalars[name] = check_scalar(name, value)
             continue
         tensors[name] = _check_tensor(name, value, p.dtype.torch_dtype)
 
@@ -122,8 +127,8 @@ def bind(block: Block, kwargs: Mapping[str, Any], *, allow_outputs: bool = False
                 raise LaunchError(f"output argument {name!r} must have shape {list(shape)}, got {list(t.shape)}")
             outs[name] = t
     return BoundCall(lead, hidden, tensors, scalars,
-                     seed=_check_int64("seed", kwargs.get("seed", 0)),
-                     offset=_check_int64("offset", kwargs.get("offset", 0)), outs=outs)
+                     seed=check_int64("seed", kwargs.get("seed", 0)),
+                     offset=check_int64("offset", kwargs.get("offset", 0)), outs=outs)
 
 
 def _check_tensor(name: str, value: Any, dtype: torch.dtype) -> torch.Tensor:

@@ -4,7 +4,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 import resgen as rg
 
@@ -24,23 +23,14 @@ def check_golden(path: Path, text: str) -> None:
     assert text == path.read_text(), f"{path} differs; rerun with RESGEN_UPDATE_GOLDEN=1 if intended"
 
 
-def random_args(block: rg.Block, lead: tuple[int, ...], hidden: int, *, seed: int = 0,
-                device: str = "cpu") -> dict[str, object]:
-    """Fresh random arguments for every parameter of `block` (never zeros)."""
-    gen = torch.Generator().manual_seed(seed)
-    args: dict[str, object] = {}
-    for p in block.params:
-        if p.op == "scalar":
-            args[p.name] = 0.5 + torch.rand((), generator=gen).item()
-            continue
-        shape = (*lead, hidden) if p.op == "input" else (hidden,)
-        t = torch.randn(shape, generator=gen) if p.op == "input" else 1.0 + 0.5 * torch.randn(shape, generator=gen)
-        args[p.name] = t.to(p.dtype.torch_dtype).to(device)
-    return args
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip, saying why, where resgen's cuda backend cannot run."""
+    from resgen.runtime.kernel import cuda_usable
 
-
-def gpu_available() -> bool:
-    return torch.cuda.is_available()
-
-
-requires_gpu = pytest.mark.skipif(not gpu_available(), reason="needs a CUDA device; none is visible (torch.cuda.is_available() is False)")
+    reason = cuda_usable()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"gpu test: {reason}; scripts/gpu_check.sh runs these on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

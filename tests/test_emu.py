@@ -187,3 +187,21 @@ def test_verify_cli_prints_a_table_and_exit_code(capsys):
     assert main(["verify", "llama", "--hidden", "256", "--rows", "5", "--backend", "emu"]) == 0
     out = capsys.readouterr().out
     assert "residual_out" in out and "PASS" in out
+
+
+def test_warm_calls_reuse_the_layout_and_still_check_alignment_and_overlap():
+    block = rg.catalog.llama(rg.bf16)
+    k = rg.compile(block, 256, backend="emu")
+    args = random_inputs(block, (9,), 256, seed=5)
+    want = rg.reference(block, **args)
+    for _ in range(2):  # cold, then warm
+        got = k(**args)
+        torch.testing.assert_close(got.y.float(), want.y.float(), rtol=8e-3, atol=8e-3)
+    assert len(k._templates) == 1
+    shifted = {**args, "x": torch.empty(9 * 256 + 1, dtype=torch.bfloat16)[1:].view(9, 256).copy_(args["x"])}
+    got = k(**shifted)  # same layout key, misaligned pointer: must take the narrow entry and stay right
+    torch.testing.assert_close(got.y.float(), want.y.float(), rtol=8e-3, atol=8e-3)
+    out = torch.empty(9, 256, dtype=torch.bfloat16)
+    k(**args, y=out)
+    with pytest.raises(rg.LaunchError, match="overlaps input 'x'"):
+        k(**{**args, "x": out}, y=out)

@@ -8,7 +8,8 @@ import torch
 import resgen as rg
 from resgen.ir.printer import print_block
 from resgen.passes import CSE, DCE, Canonicalize, DecomposeNorms, Specialize, passes_for, pipeline
-from tests.conftest import CATALOG, DTYPES, GOLDEN, check_golden, random_args
+from resgen.verification import random_inputs
+from tests.conftest import CATALOG, DTYPES, GOLDEN, check_golden
 
 OPS_AFTER_LOWERING = {"add", "sub", "mul", "div", "maximum", "neg", "sqrt", "rsqrt", "abs", "cast",
                       "dropout", "row_sum", "row_max", "const"}
@@ -33,7 +34,7 @@ def test_every_pass_leaves_a_valid_block(name, hidden):
 def test_lowered_block_computes_what_the_original_does(name, dt):
     block = rg.catalog[name](dt)
     lowered = pipeline(block, hidden=257)
-    args = random_args(block, (5,), 257)
+    args = random_inputs(block, (5,), 257)
     want, got = rg.reference(block, **args, seed=3), rg.reference(lowered, **args, seed=3)
     for key in want:
         torch.testing.assert_close(got[key].float(), want[key].float(), rtol=1e-5, atol=1e-5)

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 import resgen as rg
 from resgen.philox import keep_mask, philox4x32
-from tests.conftest import CATALOG, DTYPES, random_args
+from resgen.verification import random_inputs
+from tests.conftest import CATALOG, DTYPES
 
 TOL = {rg.f32: 2e-5, rg.f16: 2e-3, rg.bf16: 1.6e-2}
 
@@ -59,7 +60,7 @@ def hand_written(name: str, a: dict, seed: int) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("lead", [(1,), (37,), (3, 5)], ids=["rows1", "rows37", "3d"])
 def test_reference_matches_torch_and_hand_written_formulas(name, dt, hidden, lead):
     block = rg.catalog[name](dt)
-    args = random_args(block, lead, hidden, seed=hidden)
+    args = random_inputs(block, lead, hidden, seed=hidden)
     got = rg.reference(block, **args, seed=11)
     want = hand_written(name, args, seed=11)
     assert set(got) == set(want)

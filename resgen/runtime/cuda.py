@@ -10,7 +10,6 @@ import torch
 
 from resgen.codegen.plan import KernelPlan
 from resgen.runtime.compile import compile_for_device
-from resgen.runtime.launch import Launch
 
 #: CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 _MAX_DYNAMIC_SMEM = 8
@@ -46,12 +45,11 @@ class CudaBackend:
                 self._functions[device] = handles
         return self._functions[device]
 
-    def run(self, launch: Launch) -> None:
+    def run(self, entry: str, params: ctypes.Array, grid: int, threads: int, smem_bytes: int,
+            device: torch.device) -> None:
+        """Launch on the device's current torch stream; cuLaunchKernel copies `params` before returning."""
         from cupy.cuda import driver
 
-        device = next(iter(launch.outputs.values())).device.index
-        function = self.functions(device)[launch.entry.name]
-        params, _values = launch.kernel_params()  # cuLaunchKernel copies the values before returning
+        function = self.functions(device.index)[entry]
         stream = torch.cuda.current_stream(device).cuda_stream
-        driver.launchKernel(function, launch.grid, 1, 1, launch.threads, 1, 1, launch.smem_bytes, stream,
-                            ctypes.addressof(params), 0)
+        driver.launchKernel(function, grid, 1, 1, threads, 1, 1, smem_bytes, stream, ctypes.addressof(params), 0)

@@ -12,11 +12,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 from resgen.codegen.plan import KernelPlan
 from resgen.codegen.render import environment, template_dir
 from resgen.errors import BackendUnavailableError, CompileError, LaunchError
 from resgen.runtime.cache import cache_key, cache_root
-from resgen.runtime.launch import Launch
 from resgen.runtime.nvrtc import source_context
 from resgen.runtime.toolkit import include_dirs
 
@@ -126,9 +127,9 @@ class EmuBackend:
             fn.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_longlong, ctypes.c_uint, ctypes.c_ulonglong,
                            ctypes.c_char_p, ctypes.c_ulonglong]
 
-    def run(self, launch: Launch) -> None:
-        params, _alive = launch.kernel_params()
+    def run(self, entry: str, params: ctypes.Array, grid: int, threads: int, smem_bytes: int,
+            device: torch.device) -> None:
         err = ctypes.create_string_buffer(512)
-        status = self._launchers[launch.entry.name](params, launch.grid, launch.threads, launch.smem_bytes, err, len(err))
+        status = self._launchers[entry](params, grid, threads, smem_bytes, err, len(err))
         if status != 0:
-            raise LaunchError(f"emu: {launch.entry.name}: {err.value.decode()}")
+            raise LaunchError(f"emu: {entry}: {err.value.decode()}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import threading
 from typing import Any, Protocol
 
 import torch
@@ -13,9 +15,9 @@ from resgen.codegen.plan import KernelPlan
 from resgen.errors import BackendUnavailableError, LaunchError
 from resgen.ir.block import Block
 from resgen.runtime.compile import compile_for_device
-from resgen.runtime.launch import Launch, prepare
+from resgen.runtime.launch import Launch, LaunchTemplate, prepare
 from resgen.runtime.nvrtc import Resources, parse_resources
-from resgen.signature import Outputs, bind
+from resgen.signature import Outputs, bind, check_int64, check_scalar
 
 BACKENDS = ("auto", "cuda", "emu")
 
@@ -24,7 +26,8 @@ class Backend(Protocol):
     name: str
     device_type: str
 
-    def run(self, launch: Launch) -> None: ...
+    def run(self, entry: str, params: ctypes.Array, grid: int, threads: int, smem_bytes: int,
+            device: torch.device) -> None: ...
 
 
 def cuda_usable() -> str | None:
@@ -59,12 +62,18 @@ class Kernel:
     """A compiled block. Call it with tensors by parameter name (plus seed=, offset=, runtime
     scalars, and optionally preallocated outputs by output name); it returns outputs by name."""
 
+    #: How many argument layouts (shapes, strides, dtypes, devices) a kernel remembers.
+    MAX_TEMPLATES = 64
+
     def __init__(self, block: Block, hidden: int, plan: KernelPlan, source: str, backend: Backend) -> None:
         self.block = block
         self.hidden = hidden
         self.plan = plan
         self.source = source
         self._backend = backend
+        self._templates: dict[tuple, LaunchTemplate] = {}
+        self._scalars = tuple(p.name for p in block.params_of("scalar"))
+        self._lock = threading.Lock()
 
     @property
     def backend(self) -> str:
@@ -90,9 +99,30 @@ class Kernel:
         return prepare(self.block, self.plan, call, self._backend.device_type)
 
     def __call__(self, **kwargs: Any) -> Outputs:
+        """Run the kernel. A call whose tensors have the layout of an earlier call takes the warm path:
+        no allocation but the outputs not passed in, no synchronization, capturable in a CUDA graph."""
+        key = tuple((k, v.shape, v.stride(), v.dtype, v.device) if isinstance(v, torch.Tensor) else (k, None)
+                    for k, v in kwargs.items())
+        template = self._templates.get(key)
+        if template is not None:
+            tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+            scalars = {n: check_scalar(n, kwargs[n]) for n in self._scalars}
+            seed, offset = check_int64("seed", kwargs.get("seed", 0)), check_int64("offset", kwargs.get("offset", 0))
+            with self._lock:
+                filled = template.fill(tensors, scalars, seed, offset)
+                if filled is not None:
+                    entry, outputs = filled
+                    self._backend.run(entry.name, template.params, template.grid, template.threads,
+                                      template.smem_bytes, template.device)
+                    return Outputs(outputs)
         launch = self.prepare(**kwargs)
         if launch.grid:
-            self._backend.run(launch)
+            params, _values = launch.kernel_params()
+            device = next(iter(launch.outputs.values())).device
+            self._backend.run(launch.entry.name, params, launch.grid, launch.threads, launch.smem_bytes, device)
+            if len(self._templates) < self.MAX_TEMPLATES:
+                tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+                self._templates[key] = LaunchTemplate.of(self.block, self.plan, launch, tensors)
         return Outputs(launch.outputs)
 
     def __repr__(self) -> str:

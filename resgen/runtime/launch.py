@@ -32,6 +32,7 @@ class Launch:
     threads: int
     smem_bytes: int
     outputs: dict[str, torch.Tensor]
+    strides_aligned: bool = True
 
     def kernel_params(self) -> tuple[ctypes.Array, list[ctypes._SimpleCData]]:
         """The `void* args[]` array both backends launch with, and the values it points to (keep alive)."""
@@ -116,9 +117,10 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
 
     wide = plan.entries[0]
     row_tensors = [(inputs | outputs)[n] for n in strides]
-    aligned = all(t.data_ptr() % wide.align == 0 for t in row_tensors + list(weights.values())) and (
-        rows <= 1 or all((s * t.element_size()) % wide.align == 0 for s, t in zip(strides.values(), row_tensors, strict=True)))
-    entry = wide if aligned or len(plan.entries) == 1 else plan.entries[1]
+    strides_aligned = rows <= 1 or all(
+        (s * t.element_size()) % wide.align == 0 for s, t in zip(strides.values(), row_tensors, strict=True))
+    aligned = strides_aligned and all(t.data_ptr() % wide.align == 0 for t in row_tensors + list(weights.values()))
+    entry = wide if aligned else plan.entries[-1]
 
     args: list[tuple[str, int | float]] = []
     for p in plan.params:
@@ -139,4 +141,85 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
         assert p.role in ("row_in", "col_in", "row_out", "rowscalar_out") or _KINDS[p.c_type] == args[-1][0]
     if plan.grid(rows) >= 2**31:
         raise LaunchError(f"{rows} rows need {plan.grid(rows)} CTAs, over CUDA's 2**31 - 1")
-    return Launch(entry, tuple(args), plan.grid(rows), plan.threads, plan.smem_bytes, outputs)
+    return Launch(entry, tuple(args), plan.grid(rows), plan.threads, plan.smem_bytes, outputs, strides_aligned)
+
+
+
+@dataclass
+class LaunchTemplate:
+    """A launch with the pointers left out. A later call with the same shapes, strides, dtypes and
+    devices reuses it: it only reads pointers, allocates outputs, checks alignment and overlap."""
+
+    plan: KernelPlan
+    strides_aligned: bool
+    sources: tuple[tuple[str, str, int | float | str], ...]  # per ABI param: (source, name or value)
+    allocate: tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
+    aliases: tuple[tuple[str, str], ...]  # in-place output -> its input
+    outputs: tuple[str, ...]
+    checked: tuple[str, ...]  # tensors whose pointers decide wide vs narrow
+    extents: dict[str, int]  # bytes each tensor spans from its data pointer
+    pairs: tuple[tuple[str, str], ...]  # (written, other) that must not overlap
+    grid: int
+    threads: int
+    smem_bytes: int
+    device: torch.device
+    values: list[ctypes._SimpleCData]  # reused argument storage: cuLaunchKernel copies it at launch
+    params: ctypes.Array
+
+    @classmethod
+    def of(cls, block: Block, plan: KernelPlan, launch: Launch, tensors: dict[str, torch.Tensor]) -> LaunchTemplate:
+        sources = []
+        for p, (_, value) in zip(plan.params, launch.args, strict=True):
+            if p.role in ("row_in", "col_in", "row_out", "rowscalar_out"):
+                sources.append(("ptr", p.name))
+            elif p.role == "scalar":
+                sources.append(("scalar", p.name))
+            elif p.role in ("seed", "offset"):
+                sources.append(("call", p.role))
+            else:
+                sources.append(("const", value))
+        inplace = {o.name: o.inplace for o in block.outputs if o.inplace}
+        everything = {**tensors, **launch.outputs}
+        reads = [p.name for p in block.params if p.op != "scalar"]
+        written = [o.name for o in block.outputs]
+        pairs = [(w, r) for w in written for r in reads if r != inplace.get(w)]
+        pairs += [(a, b) for i, a in enumerate(written) for b in written[i + 1:]]
+        values = [_CTYPES[kind](0) for kind, _ in launch.args]
+        return cls(
+            plan=plan,
+            strides_aligned=launch.strides_aligned,
+            sources=tuple(sources),
+            allocate=tuple((o.name, tuple(launch.outputs[o.name].shape), o.dtype.torch_dtype)
+                           for o in block.outputs if o.name not in tensors and not o.inplace),
+            aliases=tuple(inplace.items()),
+            outputs=tuple(written),
+            checked=tuple(n for n in reads + written if everything[n].dim() and n not in inplace),
+            extents={n: _extent(t)[1] - _extent(t)[0] for n, t in everything.items()},
+            pairs=tuple(pairs),
+            grid=launch.grid,
+            threads=launch.threads,
+            smem_bytes=launch.smem_bytes,
+            device=next(iter(tensors.values())).device,
+            values=values,
+            params=(ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values)),
+        )
+
+    def fill(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float], seed: int,
+             offset: int) -> tuple[Entry, dict[str, torch.Tensor]] | None:
+        """Write this call's arguments into `values`; None when the slow path must decide (overlap)."""
+        for name, shape, dtype in self.allocate:
+            tensors[name] = torch.empty(shape, dtype=dtype, device=self.device)
+        for out, source in self.aliases:
+            tensors[out] = tensors[source]
+        ptr = {n: t.data_ptr() for n, t in tensors.items()}
+        for a, b in self.pairs:
+            if ptr[a] < ptr[b] + self.extents[b] and ptr[b] < ptr[a] + self.extents[a]:
+                return None
+        wide = self.plan.entries[0]
+        aligned = self.strides_aligned and all(ptr[n] % wide.align == 0 for n in self.checked)
+        call = {"seed": seed, "offset": offset}
+        for value, (source, key) in zip(self.values, self.sources, strict=True):
+            value.value = ptr[key] if source == "ptr" else scalars[key] if source == "scalar" else (
+                call[key] if source == "call" else key)
+        entry = wide if aligned else self.plan.entries[-1]
+        return entry, {n: tensors[n] for n in self.outputs}

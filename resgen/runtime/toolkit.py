@@ -1,7 +1,7 @@
 """Where the CUDA pieces live: NVRTC's library and the headers NVRTC and the emulator include.
 
-CUDA_PATH / CUDA_HOME win when set; otherwise the pip wheels (nvidia-cuda-nvrtc,
-nvidia-cuda-runtime, nvidia-cuda-crt) and CCCL's headers inside CuPy are used.
+CUDA_PATH / CUDA_HOME win when set; then the pip wheels (nvidia-cuda-nvrtc, nvidia-cuda-runtime,
+nvidia-cuda-crt) and CCCL's headers inside CuPy; a toolkit in /usr/local/cuda comes last.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _toolkit_roots() -> list[Path]:
             candidate = Path(entry or ".") / sub
             if candidate.is_dir():
                 roots.append(candidate)
-    return roots
+    return roots + [Path("/usr/local/cuda")]  # a system toolkit, last
 
 
 def _cccl_dirs() -> list[Path]:
