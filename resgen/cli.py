@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from resgen.errors import ResgenError
+from resgen.errors import ResgenError, SpecError
 
 
 def _cmd_catalog(args: argparse.Namespace) -> int:
@@ -97,6 +97,85 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from resgen.runtime.kernel import cuda_usable, device_arch
+    from resgen.tune import db
+
+    if args.show:
+        entries = db.read(args.db)
+        if not entries:
+            print(f"no tuned configs in {args.db or db.db_path()}")
+        for key, r in sorted(entries.items()):
+            print(f"{key}\n    {r['config']}  {r['time_us']:.1f} us  {r['gbps']:.0f} GB/s  "
+                  f"{100 * r['frac_copy']:.1f}% of copy  ({r['date']})")
+        return 0
+    if args.spec is None or args.hidden is None:
+        raise SpecError("tune needs SPEC and --hidden (or --show)")
+    from resgen.spec import resolve
+    from resgen.tune.search import measure, prune, results_table
+
+    block = resolve(args.spec, args.dtype)
+    gpu_missing = cuda_usable()
+    arch = args.arch or (device_arch() if gpu_missing is None else "sm_90")
+    print(f"pruning launch configs for {block.name} hidden={args.hidden} on {arch} (NVRTC, no GPU time)")
+    survivors, dropped = prune(block, args.hidden, arch, progress=print if args.verbose else lambda m: None,
+                               budget_s=args.budget)
+    print(f"{len(survivors)} candidates survive; dropped: " + ", ".join(f"{v} by {k}" for k, v in dropped.items() if v))
+    if gpu_missing is not None:
+        print(f"measurement needs a GPU: {gpu_missing}. Candidates (best occupancy first):")
+        for c in sorted(survivors, key=lambda c: -c.occupancy)[:10]:
+            print(f"  {c.config}  {c.registers} registers, occupancy {c.occupancy:.0%}")
+        return 0
+    import datetime
+
+    import torch
+
+    results = measure(block, args.hidden, args.rows, survivors, budget_s=args.budget)
+    if not results:
+        print("no candidate passed verification")
+        return 1
+    print(results_table(results))
+    best = results[0]
+    key = db.entry_key(block, args.hidden, torch.cuda.get_device_name(), arch, args.rows)
+    db.store(key, {**best, "block": block.name, "hidden": args.hidden, "rows": args.rows, "arch": arch,
+                   "gpu": torch.cuda.get_device_name(),
+                   "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}, args.db)
+    print(f"stored {best['config']} for {key}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from resgen.tune import bench
+
+    if args.from_json:
+        records = bench.load(Path(args.from_json))
+    else:
+        from resgen.runtime.kernel import cuda_usable
+        from resgen.spec import resolve
+
+        reason = cuda_usable()
+        if reason is not None:
+            raise SpecError(f"bench measures on a GPU: {reason}; --from-json FILE renders stored results")
+        cases = [bench.Case(s, resolve(s, args.dtype), args.dtype or "bf16") for s in args.spec.split(",")]
+        records = bench.run_bench(cases, args.hidden, args.rows, args.against.split(","))
+        if args.json:
+            Path(args.json).write_text(json.dumps(records, indent=1))
+    print(bench.table(records))
+    if args.plot:
+        bench.plot(records, Path(args.plot))
+        print(f"plot written to {args.plot}")
+    return 0
+
+
 def _add_kernel_args(p: argparse.ArgumentParser) -> None:
     _add_spec(p)
     p.add_argument("--hidden", type=int, required=True, help="hidden size to specialize for")
@@ -145,6 +224,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "cuda", "emu"], help="where to run (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and of dropout")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("tune", help="search launch configs and store the fastest",
+                       description="Enumerate launch configs, drop those the plan rejects or whose NVRTC "
+                                   "report shows spills or low occupancy, verify and time the rest on the GPU, "
+                                   "store the best in the tuning database (rg.compile uses it).")
+    p.add_argument("spec", metavar="SPEC", nargs="?", help="catalog name, path/to/file.py:name or module:name")
+    p.add_argument("--dtype", default=None, help="storage dtype for catalog blocks and factories (default bf16)")
+    p.add_argument("--hidden", type=int, default=None, help="hidden size")
+    p.add_argument("--rows", type=int, default=32768, help="rows to time with (default 32768)")
+    p.add_argument("--arch", default=None, help="GPU architecture (default: the GPU's own, or sm_90)")
+    p.add_argument("--budget", type=float, default=None, help="seconds to spend on each stage at most")
+    p.add_argument("--db", type=Path, default=None, help="tuning database file (default $RESGEN_TUNING_DB or "
+                   "<cache>/tuning.json)")
+    p.add_argument("--show", action="store_true", help="list the stored results and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every surviving candidate while pruning")
+    p.set_defaults(func=_cmd_tune)
+
+    p = sub.add_parser("bench", help="benchmark against PyTorch, torch.compile and Liger",
+                       description="Time resgen and its peers over a sweep of shapes; print a table, write "
+                                   "a JSON of records and a PNG plot (GB/s vs hidden, copy ceiling drawn).")
+    p.add_argument("spec", metavar="SPEC[,SPEC]", nargs="?", default="llama,gpt2", help="blocks to benchmark")
+    p.add_argument("--dtype", default=None, help="storage dtype (default bf16)")
+    p.add_argument("--hidden", type=_ints, default=[1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144],
+                   help="comma-separated hidden sizes")
+    p.add_argument("--rows", type=_ints, default=[1, 64, 4096, 32768], help="comma-separated row counts")
+    p.add_argument("--against", default="torch,compile,liger", help="peers: torch, compile, liger")
+    p.add_argument("--json", default=None, help="write the records here")
+    p.add_argument("--plot", default=None, help="write a PNG plot here")
+    p.add_argument("--from-json", default=None, help="render the table/plot of stored records (no GPU needed)")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("generate", help="rewrite generated/ (the catalog's emitted CUDA)",
                        description="Write the emitted CUDA of every catalog block to generated/.")

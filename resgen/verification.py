@@ -63,18 +63,20 @@ class VerifyReport:
 
 def random_inputs(block: Block, lead: tuple[int, ...], hidden: int, *, seed: int = 0,
                   device: str | torch.device = "cpu") -> dict[str, object]:
-    """Fresh random arguments for every parameter (normal row inputs, weights near 1, scalars in [0.5, 1.5))."""
-    gen = torch.Generator().manual_seed(seed)
+    """Fresh random arguments for every parameter (normal row inputs, weights near 1, scalars in [0.5, 1.5)),
+    drawn on `device` itself."""
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
     args: dict[str, object] = {}
     for p in block.params:
         if p.op == "scalar":
-            args[p.name] = 0.5 + torch.rand((), generator=gen).item()
+            args[p.name] = 0.5 + torch.rand((), generator=gen, device=device).item()
             continue
         shape = (*lead, hidden) if p.op == "input" else (hidden,)
-        values = torch.randn(shape, generator=gen)
+        values = torch.randn(shape, generator=gen, device=device)
         if p.op == "weight":
             values = 1.0 + 0.5 * values
-        args[p.name] = values.to(p.dtype.torch_dtype).to(device)
+        args[p.name] = values.to(p.dtype.torch_dtype)
     return args
 
 

@@ -59,3 +59,17 @@ def test_bad_spec_is_one_line_and_exit_2(spec):
 def test_every_subcommand_has_help(command):
     result = run(command, "--help")
     assert result.returncode == 0 and "usage" in result.stdout
+
+
+@pytest.mark.parametrize("script", ["scripts/gpu_check.sh", "scripts/test.sh", "scripts/main.sh", ".ci/run"])
+def test_scripts_are_valid_bash(script):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / script
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["emit", "inspect", "verify", "tune", "bench", "generate"])
+def test_later_subcommands_have_help(command):
+    result = run(command, "--help")
+    assert result.returncode == 0 and "usage" in result.stdout

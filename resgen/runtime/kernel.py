@@ -130,15 +130,20 @@ class Kernel:
 
 
 def compile(block: Block, hidden: int, backend: str = "auto", config: LaunchConfig | str | None = None,
-            arch: str | None = None) -> Kernel:  # noqa: A001 - the public name DESIGN.md gives
+            arch: str | None = None, rows: int | None = None) -> Kernel:  # noqa: A001 - DESIGN.md's name
     """Specialize `block` for `hidden`, generate its kernel and build it for `backend`.
 
     backend: "cuda" (a GPU through CuPy), "emu" (the CPU emulator) or "auto" (cuda when usable).
-    config: a LaunchConfig or "tpr=..,vec=.." overrides; None takes the tuned or heuristic choice.
+    config: a LaunchConfig or "tpr=..,vec=.." overrides; None takes what `resgen tune` stored for
+    this block, size and GPU (`rows` picks the rows bucket), else the heuristic's choice.
     """
     name = resolve_backend(backend)
     if arch is None:
         arch = device_arch() if name == "cuda" else DEFAULT_ARCH
+    if config is None and name == "cuda":
+        from resgen.tune.db import lookup
+
+        config = lookup(block, hidden, torch.cuda.get_device_name(), arch, rows)
     plan, source = plan_and_source(block, hidden, config, arch)
     if name == "emu":
         from resgen.runtime.emu import EmuBackend

@@ -1,0 +1,133 @@
+"""`resgen tune`: enumerate launch configs, prune statically (plan rules, NVRTC's resource report),
+verify the survivors, time them, and keep the best in the tuning database."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from resgen.codegen import LaunchConfig, lower, render
+from resgen.codegen.arch import get_arch
+from resgen.codegen.lower import row_dtypes
+from resgen.errors import PlanError
+from resgen.ir.block import Block
+from resgen.runtime.compile import compile_for_device
+from resgen.runtime.nvrtc import parse_resources
+
+#: Candidates that cannot keep at least this fraction of an SM's thread slots busy are dropped.
+MIN_OCCUPANCY = 0.25
+#: Configs that leave one thread more than this many chunks of a row serialize too much to win.
+MAX_CHUNKS = 32
+_POW2 = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    config: LaunchConfig
+    registers: int
+    occupancy: float
+
+
+def enumerate_configs(block: Block, hidden: int) -> list[LaunchConfig]:
+    """The search space: power-of-two threads per row, CTAs of 64 to 1024 threads, the two widest
+    vectors of at most 16 bytes that divide hidden, every row cache."""
+    itemsize = min(d.itemsize for d in row_dtypes(block))
+    vecs = [v for v in (8, 4, 2, 1) if v * itemsize <= 16 and hidden % v == 0][:2]  # the widest two
+    configs = []
+    for tpr in _POW2:
+        for rows in _POW2:
+            threads = tpr * rows
+            if not 64 <= threads <= 1024 or (tpr > 32 and rows > 4):
+                continue
+            for vec in vecs:
+                if -(-hidden // (tpr * vec)) > MAX_CHUNKS:
+                    continue
+                for cache in ("registers", "smem", "global"):
+                    configs.append(LaunchConfig(tpr, rows, vec, cache))
+    return configs
+
+
+def occupancy(config: LaunchConfig, registers: int, smem_bytes: int, arch: str) -> float:
+    """Fraction of the SM's thread slots the config can fill, from registers, smem and threads."""
+    target = get_arch(arch)
+    by_threads = target.max_threads_per_sm // config.threads
+    by_regs = target.regs_per_sm // max(1, registers * config.threads)
+    by_smem = (target.max_dynamic_smem // smem_bytes) if smem_bytes else by_threads
+    return min(by_threads, by_regs, by_smem, 32) * config.threads / target.max_threads_per_sm
+
+
+def prune(block: Block, hidden: int, arch: str, progress: Callable[[str], None] = print,
+          budget_s: float | None = None) -> tuple[list[Candidate], dict[str, int]]:
+    """Candidates that pass the plan's rules, compile with zero spills, and reach MIN_OCCUPANCY.
+
+    Returns the survivors and how many were dropped for each reason. No GPU time is spent.
+    """
+    dropped = {"plan": 0, "spills": 0, "occupancy": 0, "budget": 0}
+    survivors = []
+    configs = enumerate_configs(block, hidden)
+    start = time.monotonic()
+    for i, config in enumerate(configs):
+        if budget_s is not None and time.monotonic() - start > budget_s:
+            dropped["budget"] += len(configs) - i
+            break
+        try:
+            plan = lower(block, hidden, config, arch)
+        except PlanError:
+            dropped["plan"] += 1
+            continue
+        binary = compile_for_device(render(plan), plan.name, arch)
+        resources = [parse_resources(binary.log, e.name) for e in plan.entries]
+        if any(r.spills or r.stack_frame for r in resources):
+            dropped["spills"] += 1
+            continue
+        occ = occupancy(config, resources[0].registers, plan.smem_bytes + resources[0].shared_static, arch)
+        if occ < MIN_OCCUPANCY:
+            dropped["occupancy"] += 1
+            continue
+        survivors.append(Candidate(config, resources[0].registers, occ))
+        progress(f"[{i + 1}/{len(configs)}] {config}: {resources[0].registers} registers, occupancy {occ:.0%}")
+    return survivors, dropped
+
+
+def measure(block: Block, hidden: int, rows: int, candidates: list[Candidate],
+            progress: Callable[[str], None] = print, budget_s: float | None = None) -> list[dict[str, Any]]:
+    """Verify each candidate once against the reference, then time it on the GPU."""
+    import torch
+
+    from resgen.runtime.kernel import compile
+    from resgen.tune.timing import buffer_sets, copy_bandwidth_gbps, plan_bytes, time_cuda
+    from resgen.verification import random_inputs, verify
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    copy_gbps = copy_bandwidth_gbps(device)
+    nbytes = plan_bytes(block, rows, hidden)
+    sets = [random_inputs(block, (rows,), hidden, seed=i, device=device) for i in range(buffer_sets(nbytes, device))]
+    results = []
+    start = time.monotonic()
+    for i, cand in enumerate(candidates):
+        if budget_s is not None and time.monotonic() - start > budget_s:
+            progress(f"budget spent after {i} of {len(candidates)} candidates")
+            break
+        report = verify(block, hidden, min(rows, 257), backend="cuda", config=cand.config)
+        if not report.ok:
+            progress(f"[{i + 1}/{len(candidates)}] {cand.config}: FAILED verification, dropped\n{report.table()}")
+            continue
+        kernel = compile(block, hidden, backend="cuda", config=cand.config)
+        timing = time_cuda(lambda j, k=kernel: k(**sets[j % len(sets)]))
+        gbps = nbytes / (timing.median_us * 1e-6) / 1e9
+        results.append({"config": str(cand.config), "time_us": round(timing.median_us, 3), "gbps": round(gbps, 1),
+                        "frac_copy": round(gbps / copy_gbps, 4), "registers": cand.registers,
+                        "occupancy": round(cand.occupancy, 3), "copy_gbps": round(copy_gbps, 1)})
+        progress(f"[{i + 1}/{len(candidates)}] {cand.config}: {timing.median_us:.1f} us, {gbps:.0f} GB/s "
+                 f"({100 * gbps / copy_gbps:.0f}% of copy)")
+    return sorted(results, key=lambda r: r["time_us"])
+
+
+def results_table(results: list[dict[str, Any]], top: int = 10) -> str:
+    lines = [f"{'config':<42} {'time us':>9} {'GB/s':>7} {'% copy':>7} {'regs':>5}"]
+    for r in results[:top]:
+        lines.append(f"{r['config']:<42} {r['time_us']:>9.1f} {r['gbps']:>7.0f} {100 * r['frac_copy']:>6.1f}% "
+                     f"{r['registers']:>5}")
+    return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""Tuning and benchmarking, as far as the CPU allows: search space, pruning, the database, rendering."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import resgen as rg
+from resgen.codegen import LaunchConfig
+from resgen.tune import bench, db
+from resgen.tune.search import MAX_CHUNKS, enumerate_configs, occupancy, prune
+from resgen.tune.timing import plan_bytes
+
+
+def test_search_space_holds_only_valid_configs():
+    configs = enumerate_configs(rg.catalog.llama(rg.bf16), 4096)
+    assert configs and len(set(configs)) == len(configs)
+    for c in configs:
+        assert 64 <= c.threads <= 1024 and 4096 % c.vec == 0 and c.vec * 2 <= 16
+        assert -(-4096 // (c.threads_per_row * c.vec)) <= MAX_CHUNKS
+    assert {c.cache for c in configs} == {"registers", "smem", "global"}
+    assert all(c.vec == 1 for c in enumerate_configs(rg.catalog.llama(rg.bf16), 4097))
+
+
+def test_pruning_drops_plan_rejects_and_keeps_spill_free_kernels():
+    survivors, dropped = prune(rg.catalog.gpt2(rg.bf16), 8192, "sm_90", progress=lambda _: None)
+    assert survivors and dropped["plan"] > 0
+    assert all(c.occupancy >= 0.25 for c in survivors)
+    default = rg.LaunchConfig.parse(str(rg.compile(rg.catalog.gpt2(), 8192, backend="emu").config))
+    assert default in {c.config for c in survivors}
+
+
+def test_occupancy_is_limited_by_registers_and_shared_memory():
+    c = LaunchConfig(256, 1, 8, "registers")
+    assert occupancy(c, 32, 0, "sm_90") == 1.0
+    assert occupancy(c, 128, 0, "sm_90") == 0.25
+    assert occupancy(c, 32, 100_000, "sm_90") == 0.25
+
+
+def test_plan_bytes_count_each_input_and_output_once():
+    # llama bf16: x, residual read; residual_out, y written; weight once.
+    assert plan_bytes(rg.catalog.llama(rg.bf16), 10, 64) == 4 * 10 * 64 * 2 + 64 * 2
+
+
+def test_database_round_trip(tmp_path):
+    path = tmp_path / "tuning.json"
+    block = rg.catalog.llama(rg.bf16)
+    key = db.entry_key(block, 4096, "NVIDIA H200", "sm_90", 32768)
+    db.store(key, {"config": "tpr=256,rows=1,vec=8,cache=registers", "time_us": 1.0}, path)
+    found = db.lookup(block, 4096, "NVIDIA H200", "sm_90", path=path)
+    assert found == LaunchConfig(256, 1, 8, "registers")
+    assert db.lookup(block, 4096, "NVIDIA H200", "sm_90", rows=1, path=path) is None  # other rows bucket
+    assert db.lookup(rg.catalog.llama(rg.f16), 4096, "NVIDIA H200", "sm_90", path=path) is None  # dtypes in key
+    assert db.lookup(block, 4096, "NVIDIA A100", "sm_80", path=path) is None
+
+
+def test_database_writes_from_two_processes_both_survive(tmp_path):
+    path = tmp_path / "tuning.json"
+    script = textwrap.dedent(f"""
+        import sys
+        from resgen.tune import db
+        for i in range(25):
+            db.store(f"{{sys.argv[1]}}-{{i}}", {{"config": "tpr=32,rows=4,vec=8,cache=registers"}}, {str(path)!r})
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, name]) for name in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert len(json.loads(path.read_text())) == 50
+
+
+def test_corrupt_database_is_reported(tmp_path):
+    path = tmp_path / "tuning.json"
+    path.write_text("{broken")
+    with pytest.raises(rg.PlanError, match="not valid JSON"):
+        db.read(path)
+
+
+def test_tune_without_gpu_prunes_and_says_measurement_needs_a_gpu(capsys):
+    from resgen.cli import main
+    from resgen.runtime.kernel import cuda_usable
+
+    if cuda_usable() is None:
+        pytest.skip("a GPU is present")
+    assert main(["tune", "llama", "--hidden", "1024", "--budget", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "candidates survive" in out and "measurement needs a GPU" in out
+
+
+def _records() -> list[dict]:
+    """Synthetic records in the benchmark format (rendering test data, not measurements)."""
+    env = {"gpu": "TEST GPU", "driver": "0", "torch": "0", "cupy": "0", "date": "2026-01-01", "copy_gbps": 1000.0}
+    out = []
+    for system, gbps in (("resgen", 900.0), ("torch", 500.0), ("compile", 700.0)):
+        for hidden in (1024, 4096):
+            out.append({"system": system, "block": "llama", "dtype": "bf16", "rows": 32768, "hidden": hidden,
+                        "time_us": 10.0, "gbps": gbps, "frac_copy": gbps / 1000.0, **env})
+    return out
+
+
+def test_bench_renders_table_and_plot_from_stored_json(tmp_path, capsys):
+    from resgen.cli import main
+
+    stored = tmp_path / "bench.json"
+    stored.write_text(json.dumps(_records()))
+    png = tmp_path / "bench.png"
+    assert main(["bench", "--from-json", str(stored), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "resgen" in out and "90.0%" in out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert set(bench.RECORD_KEYS) <= set(bench.load(stored)[0])
+
+
+def test_bench_without_gpu_is_a_clear_error(capsys):
+    from resgen.cli import main
+    from resgen.runtime.kernel import cuda_usable
+
+    if cuda_usable() is None:
+        pytest.skip("a GPU is present")
+    assert main(["bench", "llama"]) == 2
+    assert "--from-json" in capsys.readouterr().err
