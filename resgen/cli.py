@@ -125,7 +125,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     gpu_missing = cuda_usable()
     arch = args.arch or (device_arch() if gpu_missing is None else "sm_90")
     print(f"pruning launch configs for {block.name} hidden={args.hidden} on {arch} (NVRTC, no GPU time)")
-    survivors, dropped = prune(block, args.hidden, arch, progress=print if args.verbose else lambda m: None,
+    survivors, dropped = prune(block, args.hidden, arch, progress=print if args.verbose else None,
                                budget_s=args.budget)
     print(f"{len(survivors)} candidates survive; dropped: " + ", ".join(f"{v} by {k}" for k, v in dropped.items() if v))
     if gpu_missing is not None:

@@ -127,3 +127,28 @@ def test_device_mismatch_names_the_argument():
     args["weight"] = args["weight"].cpu()
     with pytest.raises(rg.LaunchError, match="'weight'"):
         k(**args)
+
+
+def test_tune_measures_stores_and_compile_uses_the_result(tmp_path, monkeypatch):
+    from resgen.tune import db
+    from resgen.tune.search import measure, prune
+
+    monkeypatch.setenv("RESGEN_TUNING_DB", str(tmp_path / "tuning.json"))
+    block = rg.catalog.llama(rg.bf16)
+    survivors, _ = prune(block, 4096, "sm_90", progress=lambda _: None)
+    results = measure(block, 4096, 4096, survivors[:4], progress=lambda _: None)
+    assert results and all(r["gbps"] > 0 for r in results)
+    best = results[0]
+    db.store(db.entry_key(block, 4096, torch.cuda.get_device_name(), "sm_90", 4096), {**best, "date": "test"})
+    assert rg.compile(block, 4096, backend="cuda", rows=4096).config == rg.LaunchConfig.parse(best["config"])
+
+
+def test_bench_produces_records_in_the_shared_format():
+    from resgen.tune import bench
+
+    records = bench.run_bench([bench.Case("llama", rg.catalog.llama(rg.bf16), "bf16")], [4096], [64, 4096],
+                              ["torch"], progress=lambda _: None)
+    assert {r["system"] for r in records} >= {"resgen", "torch"}
+    for r in records:
+        assert set(bench.RECORD_KEYS) <= set(r) and r["gbps"] > 0 and r["copy_gbps"] > 0
+        assert ("call_us" in r) == (r["rows"] <= bench.LATENCY_ROWS)

@@ -16,7 +16,7 @@ from resgen.tune.baselines import TORCH_FORMULAS, liger
 from resgen.tune.timing import buffer_sets, copy_bandwidth_gbps, environment, plan_bytes, time_cuda, wall_per_call_us
 from resgen.verification import random_inputs
 
-SYSTEMS = ("resgen", "torch", "compile", "liger")
+SYSTEMS = ("resgen", "resgen-heuristic", "torch", "compile", "liger")
 #: Rows up to this count also get a wall-clock microseconds-per-call (host overhead included).
 LATENCY_ROWS = 64
 
@@ -31,12 +31,19 @@ class Case:
     dtype: str
 
 
-def _systems(case: Case, hidden: int, against: list[str], progress: Callable[[str], None]) -> dict[str, Callable]:
+def _systems(case: Case, hidden: int, against: list[str],
+             progress: Callable[[str], None]) -> tuple[dict[str, Callable], dict[str, object]]:
+    """Callables on one argument set for every system to time, and resgen's launch configs."""
     import resgen as rg
+    from resgen.codegen import default_config
 
     params = [p.name for p in case.block.params]
-    kernel = rg.compile(case.block, hidden, backend="cuda")
-    runners: dict[str, Callable] = {"resgen": lambda a: kernel(**a)}
+    kernels = {"resgen": rg.compile(case.block, hidden, backend="cuda")}
+    heuristic = default_config(case.block, hidden, kernels["resgen"].plan.arch)
+    if kernels["resgen"].config != heuristic:  # the tuning database chose another: time the heuristic's too
+        kernels["resgen-heuristic"] = rg.compile(case.block, hidden, backend="cuda", config=heuristic)
+    runners: dict[str, Callable] = {name: (lambda a, k=k: k(**a)) for name, k in kernels.items()}
+    configs = {name: k.config for name, k in kernels.items()}
     formula = TORCH_FORMULAS.get(case.block.name)
     if formula is None and any(s in against for s in ("torch", "compile")):
         progress(f"{case.name}: no PyTorch formula for this block; torch and compile skipped")
@@ -51,7 +58,7 @@ def _systems(case: Case, hidden: int, against: list[str], progress: Callable[[st
             progress(f"{case.name}: liger skipped: {why}")
         else:
             runners["liger"] = lambda a: fn(**{p: a[p] for p in params})
-    return runners
+    return runners, configs
 
 
 def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], against: list[str],
@@ -64,7 +71,7 @@ def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], again
     records = []
     for case in cases:
         for hidden in hiddens:
-            runners = _systems(case, hidden, against, progress)
+            runners, configs = _systems(case, hidden, against, progress)
             for rows in rows_list:
                 nbytes = plan_bytes(case.block, rows, hidden)
                 sets = [random_inputs(case.block, (rows,), hidden, seed=i, device=device)
@@ -79,6 +86,8 @@ def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], again
                               "gbps": round(nbytes / (timing.median_us * 1e-6) / 1e9, 1),
                               "copy_gbps": round(copy_gbps, 1), **env}
                     record["frac_copy"] = round(record["gbps"] / copy_gbps, 4)
+                    if system in configs:
+                        record["config"] = str(configs[system])
                     if rows <= LATENCY_ROWS:
                         record["call_us"] = round(wall_per_call_us(run), 2)
                     records.append(record)

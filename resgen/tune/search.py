@@ -58,17 +58,21 @@ def occupancy(config: LaunchConfig, registers: int, smem_bytes: int, arch: str) 
     return min(by_threads, by_regs, by_smem, 32) * config.threads / target.max_threads_per_sm
 
 
-def prune(block: Block, hidden: int, arch: str, progress: Callable[[str], None] = print,
+def prune(block: Block, hidden: int, arch: str, progress: Callable[[str], None] | None = None,
           budget_s: float | None = None) -> tuple[list[Candidate], dict[str, int]]:
     """Candidates that pass the plan's rules, compile with zero spills, and reach MIN_OCCUPANCY.
 
     Returns the survivors and how many were dropped for each reason. No GPU time is spent.
+    `progress` gets a line per survivor; without it a progress bar runs on stderr.
     """
     dropped = {"plan": 0, "spills": 0, "occupancy": 0, "budget": 0}
     survivors = []
     configs = enumerate_configs(block, hidden)
     start = time.monotonic()
+    bar = ProgressBar(len(configs), "pruning") if progress is None else None
     for i, config in enumerate(configs):
+        if bar is not None:
+            bar(str(config))
         if budget_s is not None and time.monotonic() - start > budget_s:
             dropped["budget"] += len(configs) - i
             break
@@ -87,12 +91,37 @@ def prune(block: Block, hidden: int, arch: str, progress: Callable[[str], None] 
             dropped["occupancy"] += 1
             continue
         survivors.append(Candidate(config, resources[0].registers, occ))
-        progress(f"[{i + 1}/{len(configs)}] {config}: {resources[0].registers} registers, occupancy {occ:.0%}")
+        if progress is not None:
+            progress(f"[{i + 1}/{len(configs)}] {config}: {resources[0].registers} registers, occupancy {occ:.0%}")
     return survivors, dropped
 
 
+class ProgressBar:
+    """A one-line progress bar on a terminal (plain lines elsewhere): `bar(message)` per step."""
+
+    def __init__(self, total: int, label: str, stream: Any = None) -> None:
+        import sys
+
+        self.total, self.label, self.done = total, label, 0
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def __call__(self, message: str) -> None:
+        self.done += 1
+        width = 30
+        filled = width * min(self.done, self.total) // max(1, self.total)
+        line = f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {message}"
+        if self.tty:
+            self.stream.write("\r" + line[:150].ljust(150))
+            if self.done >= self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
 def measure(block: Block, hidden: int, rows: int, candidates: list[Candidate],
-            progress: Callable[[str], None] = print, budget_s: float | None = None) -> list[dict[str, Any]]:
+            progress: Callable[[str], None] | None = None, budget_s: float | None = None) -> list[dict[str, Any]]:
     """Verify each candidate once against the reference, then time it on the GPU."""
     import torch
 
@@ -106,6 +135,7 @@ def measure(block: Block, hidden: int, rows: int, candidates: list[Candidate],
     sets = [random_inputs(block, (rows,), hidden, seed=i, device=device) for i in range(buffer_sets(nbytes, device))]
     results = []
     start = time.monotonic()
+    progress = progress or ProgressBar(len(candidates), "timing")
     for i, cand in enumerate(candidates):
         if budget_s is not None and time.monotonic() - start > budget_s:
             progress(f"budget spent after {i} of {len(candidates)} candidates")
