@@ -205,3 +205,14 @@ def test_warm_calls_reuse_the_layout_and_still_check_alignment_and_overlap():
     k(**args, y=out)
     with pytest.raises(rg.LaunchError, match="overlaps input 'x'"):
         k(**{**args, "x": out}, y=out)
+
+
+def test_bare_inputs_as_outputs_and_reduction_arguments():
+    b = rg.Block("bare")
+    x = b.input("x", rg.f16)
+    b.output("copy", x)
+    b.output("total", rg.row_sum(x), dtype=rg.f32)
+    b.output("scaled", x * rg.row_max(x))
+    for config in (None, "cache=global", "cache=smem"):
+        report = rg.verify(b, 515, 7, backend="emu", config=config)
+        assert report.ok, report.table()

@@ -255,9 +255,8 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         reds = [r for r in reductions if stage[r.args[0]] == s]
         stores = [o for o in row_outputs if store_phase(o) == s]
         nodes = _closure([r.args[0] for r in reds] + [o.node for o in stores], order)
-        direct = {a for o in stores for a in [o.node] if a.op == "input"}
-        inputs_needed = _params_used(nodes, "input") | {n.name for n in direct} | {
-            r.args[0].name for r in reds if r.args[0].op == "input"}
+        direct = [o.node for o in stores] + [r.args[0] for r in reds]  # outputs or reductions of a bare input
+        inputs_needed = _params_used(nodes, "input") | {n.name for n in direct if n.op == "input"}
         if config.cache == "global" or s == 0:
             loads = tuple(t for n, t in row_in.items() if n in inputs_needed or (s == 0 and config.cache != "global"))
             cached: tuple[RowTensor, ...] = ()
@@ -268,8 +267,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
             index=s,
             loads=loads,
             cached=cached,
-            weights=tuple(t for n, t in weights.items() if n in _params_used(nodes, "weight")
-                          or any(o.node.op == "weight" and o.node.name == n for o in stores)),
+            weights=tuple(t for n, t in weights.items() if n in _params_used(nodes, "weight")),
             dropouts=tuple(Dropout(namer.uniforms(n), n.attr("site")) for n in nodes if n.op == "dropout"),
             computes=tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes),
             reductions=tuple(

@@ -203,10 +203,6 @@ class KernelPlan:
     def threads(self) -> int:
         return self.config.threads
 
-    @property
-    def warps_per_row(self) -> int:
-        return max(1, self.config.threads_per_row // 32)
-
     def grid(self, rows: int) -> int:
         return math.ceil(rows / self.config.rows_per_cta)
 

@@ -176,12 +176,6 @@ class Block:
         parts += [f"{o.name}:{o.node.key}:{o.dtype.name}:{o.inplace}" for o in self.outputs]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
-    def param(self, name: str) -> Node:
-        for p in self.params:
-            if p.name == name:
-                return p
-        raise KeyError(name)
-
     def params_of(self, op: str) -> tuple[Node, ...]:
         return tuple(p for p in self.params if p.op == op)
 

@@ -48,11 +48,6 @@ def as_dtype(value: object, *, what: str) -> DType:
     raise IRTypeError(f"{what}: unknown dtype {value!r}; expected one of rg.f32, rg.f16, rg.bf16")
 
 
-def from_torch(dtype: torch.dtype) -> DType | None:
-    """The resgen dtype of a torch dtype, or None when resgen has no such storage type."""
-    return next((d for d in DTYPES.values() if d.torch_dtype == dtype), None)
-
-
 def promote(dtypes: list[DType]) -> DType:
     """The storage dtype of a result computed from values of these dtypes (torch's rule)."""
     distinct = set(dtypes)
