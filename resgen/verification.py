@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -26,10 +26,11 @@ class OutputCheck:
     rel_norm: float
     max_abs_tol: float
     rel_norm_tol: float
+    guard_ok: bool = True  # nothing was written outside the output's elements
 
     @property
     def ok(self) -> bool:
-        return self.max_abs <= self.max_abs_tol and self.rel_norm <= self.rel_norm_tol
+        return self.guard_ok and self.max_abs <= self.max_abs_tol and self.rel_norm <= self.rel_norm_tol
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class VerifyReport:
         lines = [f"{self.kernel} on {self.backend}: {self.rows} rows x hidden {self.hidden}, config {self.config}",
                  f"{'output':<16} {'dtype':<5} {'max |err|':>11} {'tol':>9} {'rel ||err||':>12} {'tol':>9}  result"]
         for o in self.outputs:
+            verdict = "ok" if o.ok else "FAIL" if o.guard_ok else "FAIL (wrote outside the output)"
             lines.append(f"{o.name:<16} {o.dtype.name:<5} {o.max_abs:>11.3e} {o.max_abs_tol:>9.1e} "
-                         f"{o.rel_norm:>12.3e} {o.rel_norm_tol:>9.1e}  {'ok' if o.ok else 'FAIL'}")
+                         f"{o.rel_norm:>12.3e} {o.rel_norm_tol:>9.1e}  {verdict}")
         lines.append("PASS" if self.ok else "FAIL")
         return "\n".join(lines)
 
@@ -96,12 +98,35 @@ def compare(name: str, dtype: DType, out: torch.Tensor, ref: torch.Tensor) -> Ou
     return OutputCheck(name, dtype, max_abs, rel, abs_tol * scale, rel_tol)
 
 
+#: Elements of poison kept before, after and (for row outputs) between the rows of every output.
+GUARD = 64
+ROW_GAP = 8
+
+
+def guarded_output(shape: tuple[int, ...], dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(view, backing buffer): a NaN-filled output carved out of a larger NaN buffer, rows apart by
+    ROW_GAP elements, so a write outside the view changes the buffer where no element lives."""
+    rows, pitch = shape[0], shape[1] + ROW_GAP if len(shape) == 2 else 1
+    backing = torch.full((2 * GUARD + rows * pitch,), float("nan"), dtype=dtype, device=device)
+    view = backing[GUARD:GUARD + rows * pitch].view(rows, pitch)[:, : shape[1]] if len(shape) == 2 else (
+        backing[GUARD:GUARD + rows])
+    return view, backing
+
+
+def untouched_outside(view: torch.Tensor, backing: torch.Tensor) -> bool:
+    """True when every element of `backing` outside `view` is still NaN."""
+    inside = torch.zeros(backing.shape, dtype=torch.bool, device=backing.device)
+    inside.as_strided(view.shape, view.stride(), view.storage_offset() - backing.storage_offset()).fill_(True)
+    return bool(backing[~inside].isnan().all())
+
+
 def verify(block: Block, hidden: int, rows: int, backend: str = "auto", seed: int = 0,
            config: LaunchConfig | str | None = None, arch: str | None = None) -> VerifyReport:
     """Compile `block`, run it and the reference on fresh random inputs, and compare every output.
 
-    Outputs are preallocated and poisoned with NaN, so an element the kernel never writes fails.
-    Dropout runs with its real p, keyed by `seed`.
+    Outputs are preallocated, poisoned with NaN and surrounded by poisoned guards (row outputs with
+    a gap between rows): an element the kernel never writes fails, and so does any write outside
+    the output. Dropout runs with its real p, keyed by `seed`.
     """
     from resgen.runtime.kernel import compile
 
@@ -110,10 +135,14 @@ def verify(block: Block, hidden: int, rows: int, backend: str = "auto", seed: in
     args = random_inputs(block, (rows,), hidden, seed=seed, device=device)
     want = reference(block, **args, seed=seed)
     call = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    backings = {}
     for o in block.outputs:
         if not o.inplace:
             shape = (rows, hidden) if o.node.kind is Kind.ROW else (rows,)
-            call[o.name] = torch.full(shape, float("nan"), dtype=o.dtype.torch_dtype, device=device)
+            call[o.name], backings[o.name] = guarded_output(shape, o.dtype.torch_dtype, device)
     got = kernel(**call, seed=seed)
-    checks = tuple(compare(o.name, o.dtype, got[o.name], want[o.name]) for o in block.outputs)
+    checks = tuple(
+        replace(compare(o.name, o.dtype, got[o.name], want[o.name]),
+                guard_ok=o.name not in backings or untouched_outside(got[o.name], backings[o.name]))
+        for o in block.outputs)
     return VerifyReport(block.name, hidden, rows, kernel.backend, kernel.name, kernel.config, checks)

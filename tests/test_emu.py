@@ -216,3 +216,22 @@ def test_bare_inputs_as_outputs_and_reduction_arguments():
     for config in (None, "cache=global", "cache=smem"):
         report = rg.verify(b, 515, 7, backend="emu", config=config)
         assert report.ok, report.table()
+
+
+def test_guards_catch_writes_outside_an_output():
+    from resgen.codegen import plan_and_source
+    from resgen.runtime.emu import EmuBackend
+    from resgen.runtime.kernel import Kernel
+    from resgen.verification import guarded_output, untouched_outside
+
+    block = rg.catalog.llama(rg.f32)
+    plan, source = plan_and_source(block, 1000, "tpr=32,rows=4,vec=4")
+    predicated = "if (col0 + j < HIDDEN) row[col0 + j] = elems[j];"
+    broken = source.replace(predicated, "row[col0 + j] = elems[j];")  # the tail store, unpredicated
+    assert predicated in source and broken != source
+    args = random_inputs(block, (5,), 1000)
+    for text, clean in ((source, True), (broken, False)):
+        kernel = Kernel(block, 1000, plan, text, EmuBackend(plan, text))
+        outs = {n: guarded_output((5, 1000), torch.float32, "cpu") for n in ("y", "residual_out")}
+        kernel(**args, **{n: view for n, (view, _) in outs.items()})
+        assert all(untouched_outside(view, backing) for view, backing in outs.values()) is clean
