@@ -1,4 +1,5 @@
-"""Resolve a SPEC (a catalog name, `path/to/file.py:name` or `package.module:name`) to a Block."""
+"""Resolve a SPEC (a catalog name, `path/to/file.py:name`, `package.module:name`, or a textual-IR
+file `path/to/block.rgir`) to a Block."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from resgen.ir.dtypes import DType, as_dtype, bf16
 def resolve(spec: str, dtype: DType | str | None = None) -> Block:
     """The block SPEC names; a factory (catalog entry or callable) is called with `dtype`."""
     dt = bf16 if dtype is None else as_dtype(dtype, what="--dtype")
+    if spec.endswith(".rgir"):
+        return _load_ir(spec, dtype)
     if ":" not in spec:
         if spec not in catalog:
             raise SpecError(f"unknown SPEC {spec!r}: not a catalog block ({', '.join(catalog)}) "
@@ -34,6 +37,17 @@ def resolve(spec: str, dtype: DType | str | None = None) -> Block:
         if isinstance(block, Block):
             return block
     raise SpecError(f"SPEC {spec!r}: expected a resgen Block or a function of dtype returning one")
+
+
+def _load_ir(path: str, dtype: DType | str | None) -> Block:
+    from resgen.ir.parser import parse_block
+
+    if dtype is not None:
+        raise SpecError(f"SPEC {path!r} is textual IR with fixed dtypes; --dtype does not apply")
+    try:
+        return parse_block(Path(path).read_text())
+    except FileNotFoundError:
+        raise SpecError(f"SPEC file {path!r} does not exist") from None
 
 
 def _load_file(path: str) -> object:
