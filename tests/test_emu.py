@@ -152,6 +152,7 @@ def test_zero_rows_launch_nothing():
     (lambda a: a.update(y=torch.empty(8, 64, dtype=torch.float16)), "'y' must have dtype"),
     (lambda a: a.update(weight=torch.randn(128)[::2]), "'weight' must be contiguous"),
     (lambda a: a.update(y=a["x"]), "overlaps input 'x'"),
+    (lambda a: a.update(y=(o := torch.empty(8, 64)), residual_out=o), "outputs 'residual_out' and 'y' overlap"),
     (lambda a: a.update(x=torch.randn(2, 4, 64).transpose(0, 1), residual=torch.randn(4, 2, 64)),
      "'x': leading dimensions .* do not form one row stride"),
     (lambda a: a.update(nope=1), "unknown argument"),

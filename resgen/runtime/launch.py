@@ -64,6 +64,16 @@ def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a0 < b1 and b0 < a1
 
 
+def overlap_pairs(block: Block) -> list[tuple[str, str]]:
+    """(output, other) pairs that must not share memory: each output against every input it does
+    not overwrite in place, and the outputs against each other."""
+    inplace = {o.name: o.inplace for o in block.outputs if o.inplace}
+    reads = [p.name for p in block.params if p.op != "scalar"]
+    written = [o.name for o in block.outputs]
+    return [(w, r) for w in written for r in reads if r != inplace.get(w)] + [
+        (a, b) for i, a in enumerate(written) for b in written[i + 1:]]
+
+
 def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -> Launch:
     """Check devices, layouts and aliasing, allocate missing outputs, and build the ABI arguments."""
     hidden, lead = plan.hidden, call.lead
@@ -97,17 +107,14 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
             shape = (*lead, hidden) if o.node.kind is Kind.ROW else lead
             outputs[o.name] = torch.empty(shape, dtype=o.dtype.torch_dtype, device=device)
 
-    written = {o.name: outputs[o.name] for o in block.outputs}
-    read = {**inputs, **weights}
-    for name, out in written.items():
-        inplace = next(o.inplace for o in block.outputs if o.name == name)
-        for other, t in read.items():
-            if other != inplace and t.numel() and out.numel() and _overlaps(out, t):
-                raise LaunchError(f"output {name!r} overlaps input {other!r}; resgen reads every input before "
-                                  f"writing, but only a declared in-place output may share its buffer")
-        for other, t in written.items():
-            if other < name and _overlaps(out, t) and out.numel():
-                raise LaunchError(f"outputs {other!r} and {name!r} overlap")
+    everything = {**inputs, **weights, **outputs}
+    for a, b in overlap_pairs(block):
+        ta, tb = everything[a], everything[b]
+        if ta.numel() and tb.numel() and _overlaps(ta, tb):
+            if b in outputs:
+                raise LaunchError(f"outputs {a!r} and {b!r} overlap")
+            raise LaunchError(f"output {a!r} overlaps input {b!r}; resgen reads every input before writing, "
+                              f"but only a declared in-place output may share its buffer")
 
     rows = call.rows
     if rows >= 2**32 and plan.uses_dropout:
@@ -182,8 +189,6 @@ class LaunchTemplate:
         everything = {**tensors, **launch.outputs}
         reads = [p.name for p in block.params if p.op != "scalar"]
         written = [o.name for o in block.outputs]
-        pairs = [(w, r) for w in written for r in reads if r != inplace.get(w)]
-        pairs += [(a, b) for i, a in enumerate(written) for b in written[i + 1:]]
         values = [_CTYPES[kind](0) for kind, _ in launch.args]
         return cls(
             plan=plan,
@@ -195,7 +200,7 @@ class LaunchTemplate:
             outputs=tuple(written),
             checked=tuple(n for n in reads + written if everything[n].dim() and n not in inplace),
             extents={n: _extent(t)[1] - _extent(t)[0] for n, t in everything.items()},
-            pairs=tuple(pairs),
+            pairs=tuple(overlap_pairs(block)),
             grid=launch.grid,
             threads=launch.threads,
             smem_bytes=launch.smem_bytes,
