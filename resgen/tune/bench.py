@@ -80,7 +80,12 @@ def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], again
                     def run(i: int, fn: Callable = fn, sets: list = sets) -> object:
                         return fn(sets[i % len(sets)])
 
-                    timing = time_cuda(run)
+                    try:
+                        timing = time_cuda(run)
+                    except Exception as exc:  # noqa: BLE001 - a failing peer must not lose the other results
+                        progress(f"{system:>8} {case.name} rows={rows} hidden={hidden}: FAILED "
+                                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                        continue
                     record = {"system": system, "block": case.name, "dtype": case.dtype, "rows": rows,
                               "hidden": hidden, "time_us": round(timing.median_us, 3),
                               "gbps": round(nbytes / (timing.median_us * 1e-6) / 1e9, 1),
