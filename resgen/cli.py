@@ -166,7 +166,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if reason is not None:
             raise SpecError(f"bench measures on a GPU: {reason}; --from-json FILE renders stored results")
         cases = [bench.Case(s, resolve(s, args.dtype), args.dtype or "bf16") for s in args.spec.split(",")]
-        records = bench.run_bench(cases, args.hidden, args.rows, args.against.split(","))
+        records = bench.run_bench(cases, args.hidden, args.rows, args.against.split(","), max_gb=args.max_gb)
         if args.json:
             Path(args.json).write_text(json.dumps(records, indent=1))
     print(bench.table(records))
@@ -253,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the records here")
     p.add_argument("--plot", default=None, help="write a PNG plot here")
     p.add_argument("--from-json", default=None, help="render the table/plot of stored records (no GPU needed)")
+    p.add_argument("--max-gb", type=float, default=48.0, help="skip shapes moving more than this many GB per call")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("generate", help="rewrite generated/ (the catalog's emitted CUDA)",

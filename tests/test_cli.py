@@ -61,7 +61,7 @@ def test_every_subcommand_has_help(command):
     assert result.returncode == 0 and "usage" in result.stdout
 
 
-@pytest.mark.parametrize("script", ["scripts/gpu_check.sh", "scripts/test.sh", "scripts/main.sh", ".ci/run"])
+@pytest.mark.parametrize("script", ["scripts/gpu_check.sh", "scripts/bench_sweep.sh", "scripts/test.sh", "scripts/main.sh", ".ci/run"])
 def test_scripts_are_valid_bash(script):
     from pathlib import Path
 

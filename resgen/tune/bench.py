@@ -62,8 +62,12 @@ def _systems(case: Case, hidden: int, against: list[str],
 
 
 def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], against: list[str],
-              progress: Callable[[str], None] = print, device: torch.device | None = None) -> list[dict[str, Any]]:
-    """Time every system on every (case, hidden, rows); one record per (system, block, shape)."""
+              progress: Callable[[str], None] = print, device: torch.device | None = None,
+              max_gb: float = 48.0) -> list[dict[str, Any]]:
+    """Time every system on every (case, hidden, rows); one record per (system, block, shape).
+
+    Shapes whose inputs and outputs together exceed `max_gb` are skipped, and said so.
+    """
     device = device or torch.device("cuda", torch.cuda.current_device())
     env = environment(device)
     copy_gbps = copy_bandwidth_gbps(device)
@@ -74,6 +78,10 @@ def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], again
             runners, configs = _systems(case, hidden, against, progress)
             for rows in rows_list:
                 nbytes = plan_bytes(case.block, rows, hidden)
+                if nbytes > max_gb * 1e9:
+                    progress(f"{case.name} rows={rows} hidden={hidden}: skipped, {nbytes / 1e9:.0f} GB of inputs and "
+                             f"outputs exceed --max-gb {max_gb:g}")
+                    continue
                 sets = [random_inputs(case.block, (rows,), hidden, seed=i, device=device)
                         for i in range(buffer_sets(nbytes, device))]
                 for system, fn in runners.items():

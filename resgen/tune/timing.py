@@ -41,8 +41,11 @@ def plan_bytes(block: Block, rows: int, hidden: int) -> int:
 
 
 def buffer_sets(bytes_per_set: int, device: torch.device, budget: int = 8 << 30) -> int:
-    """How many input sets to rotate through so that together they are over twice the L2 size."""
+    """How many input sets to rotate through so that together they are over twice the L2 size
+    (one set alone when it is over four times the L2: a pass then evicts its own beginning)."""
     l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
+    if bytes_per_set >= 4 * l2:
+        return 1
     wanted = math.ceil(2 * l2 / max(1, bytes_per_set)) + 1
     return max(2, min(wanted, max(2, budget // max(1, bytes_per_set))))
 
