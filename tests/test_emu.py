@@ -155,6 +155,7 @@ def test_zero_rows_launch_nothing():
     (lambda a: a.update(y=(o := torch.empty(8, 64)), residual_out=o), "outputs 'residual_out' and 'y' overlap"),
     (lambda a: a.update(x=torch.randn(2, 4, 64).transpose(0, 1), residual=torch.randn(4, 2, 64)),
      "'x': leading dimensions .* do not form one row stride"),
+    (lambda a: a.update(y=torch.empty(1, 64).expand(8, 64)), "output 'y': rows 0 elements apart overlap"),
     (lambda a: a.update(nope=1), "unknown argument"),
     (lambda a: a.pop("residual"), "missing argument"),
 ])
@@ -236,3 +237,13 @@ def test_guards_catch_writes_outside_an_output():
         outs = {n: guarded_output((5, 1000), torch.float32, "cpu") for n in ("y", "residual_out")}
         kernel(**args, **{n: view for n, (view, _) in outs.items()})
         assert all(untouched_outside(view, backing) for view, backing in outs.values()) is clean
+
+
+def test_broadcast_inputs_with_row_stride_zero_are_read_correctly():
+    block = rg.catalog.gpt2(rg.f32)
+    k = rg.compile(block, 128, backend="emu")
+    args = random_inputs(block, (6,), 128, seed=8)
+    args["residual"] = args["residual"][:1].expand(6, 128)  # the same residual row for every row
+    got, want = k(**args), rg.reference(block, **args)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5)

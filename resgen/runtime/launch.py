@@ -121,6 +121,10 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
         raise LaunchError(f"{rows} rows exceed dropout's 32-bit row counter")
     strides = {n: row_stride(n, t, hidden) for n, t in {**inputs, **{
         o.name: outputs[o.name] for o in block.outputs if o.node.kind is Kind.ROW}}.items()}
+    for o in block.outputs:
+        if o.node.kind is Kind.ROW and rows > 1 and strides[o.name] < hidden:
+            raise LaunchError(f"output {o.name!r}: rows {strides[o.name]} elements apart overlap (hidden={hidden}); "
+                              f"every row needs its own memory")
 
     wide = plan.entries[0]
     row_tensors = [(inputs | outputs)[n] for n in strides]
