@@ -3,6 +3,7 @@ torch's current stream, with torch tensors' pointers passed directly (no copies,
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import threading
 
@@ -52,4 +53,7 @@ class CudaBackend:
 
         function = self.functions(device.index)[entry]
         stream = torch.cuda.current_stream(device).cuda_stream
-        driver.launchKernel(function, grid, 1, 1, threads, 1, 1, smem_bytes, stream, ctypes.addressof(params), 0)
+        # The launch runs in the current context: make it the tensors' device's when it is not already.
+        here = device.index == torch.cuda.current_device()
+        with contextlib.nullcontext() if here else torch.cuda.device(device):
+            driver.launchKernel(function, grid, 1, 1, threads, 1, 1, smem_bytes, stream, ctypes.addressof(params), 0)
