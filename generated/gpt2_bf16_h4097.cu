@@ -5,7 +5,7 @@
 //   arch        sm_90
 //   hidden      4097 (9 chunk(s) of 1 per thread, predicated tail)
 //   launch      512 threads/CTA = 1 row(s) x 512 threads (cta-per-row)
-//   row cache   registers
+//   row cache   registers (128 bytes dynamic shared memory)
 //   phases      3 (2 reduction(s))
 //
 // IR after the pass pipeline (t<i> / rs<i> below are %<i> here):
@@ -153,16 +153,21 @@ __device__ __forceinline__ void rg_gpt2_bf16_h4097_t512_r1_v1_reg_body(
     constexpr int TPR = 512;  // threads per row
     constexpr int ROWS_PER_CTA = 1;
     constexpr int ITERS = 9;  // chunks of VEC columns per thread
-    constexpr bool TAIL = true;  // HIDDEN is not a multiple of TPR * VEC: the last chunk is predicated
+    constexpr int WARPS = TPR / 32 > 0 ? TPR / 32 : 1;  // warps per row in this CTA
+    constexpr int CLUSTER = 1;
+    constexpr bool TAIL = true;  // HIDDEN is not a multiple of TPR * VEC * CLUSTER: the last chunk is predicated
     const int lane = threadIdx.x % TPR;  // this thread's place within its row
     const int slot = threadIdx.x / TPR;  // which of the CTA's rows
-    const long long row = (long long)blockIdx.x * ROWS_PER_CTA + slot;
+    const int crank = 0;
+    const long long row = (long long)(blockIdx.x / CLUSTER) * ROWS_PER_CTA + slot;
     const bool in_row = row < rows;  // threads past the last row still join reductions, never store
     const long long src_row = in_row ? row : 0;  // they read row 0 instead, so every load stays in bounds
     const __nv_bfloat16* x_row = x + src_row * x_stride;
     const __nv_bfloat16* residual_row = residual + src_row * residual_stride;
     __nv_bfloat16* residual_out_row = residual_out + src_row * residual_out_stride;
     __nv_bfloat16* y_row = y + src_row * y_stride;
+    RG_DYNAMIC_SMEM(rg_smem);
+    float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
     float x_cache[ITERS][VEC];  // the row stays in registers between phases
     float residual_cache[ITERS][VEC];  // the row stays in registers between phases
 
@@ -170,7 +175,8 @@ __device__ __forceinline__ void rg_gpt2_bf16_h4097_t512_r1_v1_reg_body(
     float rs2 = 0.0f;
 #pragma unroll 9
     for (int it = 0; it < ITERS; ++it) {
-        const int col0 = (it * TPR + lane) * VEC;
+        const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
+        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
         float (&x_v)[VEC] = x_cache[it];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(x_row, col0, x_v);
         float (&residual_v)[VEC] = residual_cache[it];
@@ -186,17 +192,15 @@ __device__ __forceinline__ void rg_gpt2_bf16_h4097_t512_r1_v1_reg_body(
         }
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(residual_out_row, col0, residual_out_v);
     }
-    {
-        __shared__ float scratch[ROWS_PER_CTA][TPR / 32 > 0 ? TPR / 32 : 1];
-        rs2 = rg_row_reduce<rg_sum, TPR>(rs2, scratch[slot], lane);
-    }
+    rs2 = rg_row_reduce<rg_sum, TPR>(rs2, scratch + (0 * ROWS_PER_CTA + slot) * WARPS, lane);
     const float rs3 = 0.000244081035f * rs2;
 
     // ---- phase 1 ----
     float rs6 = 0.0f;
 #pragma unroll 9
     for (int it = 0; it < ITERS; ++it) {
-        const int col0 = (it * TPR + lane) * VEC;
+        const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
+        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
         const float (&x_v)[VEC] = x_cache[it];
         const float (&residual_v)[VEC] = residual_cache[it];
 #pragma unroll
@@ -209,10 +213,7 @@ __device__ __forceinline__ void rg_gpt2_bf16_h4097_t512_r1_v1_reg_body(
             }
         }
     }
-    {
-        __shared__ float scratch[ROWS_PER_CTA][TPR / 32 > 0 ? TPR / 32 : 1];
-        rs6 = rg_row_reduce<rg_sum, TPR>(rs6, scratch[slot], lane);
-    }
+    rs6 = rg_row_reduce<rg_sum, TPR>(rs6, scratch + (1 * ROWS_PER_CTA + slot) * WARPS, lane);
     const float rs7 = rs6 * 0.000244081035f;
     const float rs9 = rs7 + 9.99999975e-06f;
     const float rs10 = rsqrtf(rs9);
@@ -220,7 +221,8 @@ __device__ __forceinline__ void rg_gpt2_bf16_h4097_t512_r1_v1_reg_body(
     // ---- phase 2 ----
 #pragma unroll 9
     for (int it = 0; it < ITERS; ++it) {
-        const int col0 = (it * TPR + lane) * VEC;
+        const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
+        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
         const float (&x_v)[VEC] = x_cache[it];
         const float (&residual_v)[VEC] = residual_cache[it];
         float weight_v[VEC];

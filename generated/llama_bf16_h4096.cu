@@ -5,7 +5,7 @@
 //   arch        sm_90
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
-//   row cache   registers
+//   row cache   registers (16 bytes dynamic shared memory)
 //   phases      2 (1 reduction(s))
 //
 // IR after the pass pipeline (t<i> / rs<i> below are %<i> here):
@@ -147,16 +147,21 @@ __device__ __forceinline__ void rg_llama_bf16_h4096_t128_r1_v8_reg_body(
     constexpr int TPR = 128;  // threads per row
     constexpr int ROWS_PER_CTA = 1;
     constexpr int ITERS = 4;  // chunks of VEC columns per thread
+    constexpr int WARPS = TPR / 32 > 0 ? TPR / 32 : 1;  // warps per row in this CTA
+    constexpr int CLUSTER = 1;
     constexpr bool TAIL = false;
     const int lane = threadIdx.x % TPR;  // this thread's place within its row
     const int slot = threadIdx.x / TPR;  // which of the CTA's rows
-    const long long row = (long long)blockIdx.x * ROWS_PER_CTA + slot;
+    const int crank = 0;
+    const long long row = (long long)(blockIdx.x / CLUSTER) * ROWS_PER_CTA + slot;
     const bool in_row = row < rows;  // threads past the last row still join reductions, never store
     const long long src_row = in_row ? row : 0;  // they read row 0 instead, so every load stays in bounds
     const __nv_bfloat16* x_row = x + src_row * x_stride;
     const __nv_bfloat16* residual_row = residual + src_row * residual_stride;
     __nv_bfloat16* residual_out_row = residual_out + src_row * residual_out_stride;
     __nv_bfloat16* y_row = y + src_row * y_stride;
+    RG_DYNAMIC_SMEM(rg_smem);
+    float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
     float x_cache[ITERS][VEC];  // the row stays in registers between phases
     float residual_cache[ITERS][VEC];  // the row stays in registers between phases
 
@@ -164,7 +169,8 @@ __device__ __forceinline__ void rg_llama_bf16_h4096_t128_r1_v8_reg_body(
     float rs3 = 0.0f;
 #pragma unroll 4
     for (int it = 0; it < ITERS; ++it) {
-        const int col0 = (it * TPR + lane) * VEC;
+        const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
+        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
         float (&x_v)[VEC] = x_cache[it];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(x_row, col0, x_v);
         float (&residual_v)[VEC] = residual_cache[it];
@@ -181,10 +187,7 @@ __device__ __forceinline__ void rg_llama_bf16_h4096_t128_r1_v8_reg_body(
         }
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(residual_out_row, col0, residual_out_v);
     }
-    {
-        __shared__ float scratch[ROWS_PER_CTA][TPR / 32 > 0 ? TPR / 32 : 1];
-        rs3 = rg_row_reduce<rg_sum, TPR>(rs3, scratch[slot], lane);
-    }
+    rs3 = rg_row_reduce<rg_sum, TPR>(rs3, scratch + (0 * ROWS_PER_CTA + slot) * WARPS, lane);
     const float rs4 = 0.000244140625f * rs3;
     const float rs6 = rs4 + 9.99999997e-07f;
     const float rs7 = rsqrtf(rs6);
@@ -192,7 +195,8 @@ __device__ __forceinline__ void rg_llama_bf16_h4096_t128_r1_v8_reg_body(
     // ---- phase 1 ----
 #pragma unroll 4
     for (int it = 0; it < ITERS; ++it) {
-        const int col0 = (it * TPR + lane) * VEC;
+        const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
+        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
         const float (&x_v)[VEC] = x_cache[it];
         const float (&residual_v)[VEC] = residual_cache[it];
         float weight_v[VEC];

@@ -70,10 +70,37 @@ def test_plan_rejects_configs_that_would_spill_or_overflow_smem():
     llama = rg.catalog.llama(rg.bf16)
     with pytest.raises(PlanError, match="registers needs"):
         lower(llama, 65536, LaunchConfig(1024, 1, 8, "registers"))
-    with pytest.raises(PlanError, match="shared-memory row cache needs"):
+    with pytest.raises(PlanError, match="needs 1048704 bytes of shared memory, over sm_80's"):
         lower(llama, 262144, LaunchConfig(1024, 1, 8, "smem"), arch="sm_80")
     with pytest.raises(PlanError, match="idle"):
         lower(llama, 64, LaunchConfig(1024, 1, 8, "registers"))
+
+
+def test_clusters_need_sm90_and_one_row_per_cta():
+    llama = rg.catalog.llama(rg.bf16)
+    with pytest.raises(PlanError, match="clusters need sm_90"):
+        lower(llama, 65536, LaunchConfig(512, 1, 8, "smem", cluster=2), arch="sm_80")
+    with pytest.raises(PlanError, match="rows_per_cta must be 1"):
+        LaunchConfig(32, 4, 8, "registers", cluster=2)
+    with pytest.raises(PlanError, match="cluster must be"):
+        LaunchConfig(256, 1, 8, "smem", cluster=3)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
+@pytest.mark.parametrize("hidden, config", [
+    (65536, "tpr=512,rows=1,vec=8,cache=smem,cluster=2"),
+    (262144, "tpr=1024,rows=1,vec=8,cache=smem,cluster=8"),
+    (16384, "tpr=256,rows=1,vec=8,cache=registers,cluster=4"),
+])
+def test_cluster_kernels_keep_large_rows_on_chip_without_spills(name, hidden, config):
+    plan, source = plan_and_source(rg.catalog[name](rg.bf16), hidden, config, arch="sm_90")
+    assert "__cluster_dims__(" in source and "mapa.shared::cluster" in source
+    binary = compile_for_device(source, plan.name, "sm_90")
+    for entry in plan.entries:
+        r = parse_resources(binary.log, entry.name)
+        assert (r.spill_stores, r.spill_loads, r.stack_frame) == (0, 0, 0), (entry.name, r)
+    assert plan.smem_bytes <= get_arch("sm_90").max_dynamic_smem
+    assert binary.access_bits == {"load": 128, "store": 128}
 
 
 def test_config_strings_parse_and_print():

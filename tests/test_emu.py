@@ -17,7 +17,7 @@ from tests.conftest import CATALOG, DTYPES
 from tests.strategies import random_blocks
 
 HIDDEN = [1, 128, 1000, 4096, 4097]
-FAMILIES = ["warp-per-row", "cta-per-row", "smem-staged", "global-staged"]
+FAMILIES = ["warp-per-row", "cta-per-row", "smem-staged", "global-staged", "cluster"]
 
 
 def family_config(block: rg.Block, hidden: int, family: str) -> LaunchConfig | None:
@@ -28,6 +28,8 @@ def family_config(block: rg.Block, hidden: int, family: str) -> LaunchConfig | N
         config = LaunchConfig(tpr, max(1, 128 // tpr), base.vec, "registers")
     elif family == "cta-per-row":
         config = LaunchConfig(128, 1, base.vec, "registers")
+    elif family == "cluster":
+        config = LaunchConfig(64, 1, base.vec, "smem", cluster=2)
     else:
         config = replace(base, cache=family.split("-")[0])
     try:

@@ -27,9 +27,17 @@ def test_catalog_verifies_on_cuda(name, dt, hidden):
         assert report.ok, report.table()
 
 
-@pytest.mark.parametrize("config", ["cache=registers", "cache=smem", "cache=global", "tpr=32,rows=4"])
+@pytest.mark.parametrize("config", ["cache=registers", "cache=smem", "cache=global", "tpr=32,rows=4",
+                                    "tpr=256,rows=1,cache=smem,cluster=2", "tpr=128,rows=1,cache=registers,cluster=4"])
 def test_config_families_verify_on_cuda(config):
     report = rg.verify(rg.catalog.gpt2(rg.bf16), 4096, 300, backend="cuda", config=config)
+    assert report.ok, report.table()
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
+def test_cluster_kernels_for_very_large_rows(name):
+    report = rg.verify(rg.catalog[name](rg.bf16), 262144, 9, backend="cuda",
+                       config="tpr=1024,rows=1,vec=8,cache=smem,cluster=8")
     assert report.ok, report.table()
 
 

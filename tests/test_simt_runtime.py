@@ -45,3 +45,15 @@ def test_dynamic_shared_memory_is_poisoned_per_cta():
     # The smem-staged kernel reads back only what it wrote; every row still verifies.
     report = rg.verify(rg.catalog.gpt2(rg.f32), 1000, 9, backend="emu", config="tpr=32,rows=4,vec=4,cache=smem")
     assert report.ok, report.table()
+
+
+def test_missing_cluster_barrier_gives_a_wrong_answer():
+    block = rg.catalog.gpt2(rg.f32)
+    config = LaunchConfig(64, 1, 4, "smem", cluster=4)
+    args = random_inputs(block, (3,), 2048, seed=9)
+    want = rg.reference(block, **args)
+    good = kernel_with(lambda s: s, block, 2048, config)(**args)
+    torch.testing.assert_close(good.y, want.y, rtol=1e-5, atol=1e-5)
+    reduce_sync = "    if (leader) *partial = v;\n    rg_cluster_sync();\n"
+    broken = kernel_with(lambda s: s.replace(reduce_sync, "    if (leader) *partial = v;\n"), block, 2048, config)
+    assert not torch.allclose(broken(**args).y, want.y, rtol=1e-2, atol=1e-2, equal_nan=False)

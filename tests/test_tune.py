@@ -21,9 +21,16 @@ def test_search_space_holds_only_valid_configs():
     assert configs and len(set(configs)) == len(configs)
     for c in configs:
         assert 64 <= c.threads <= 1024 and 4096 % c.vec == 0 and c.vec * 2 <= 16
-        assert -(-4096 // (c.threads_per_row * c.vec)) <= MAX_CHUNKS
+        assert -(-4096 // (c.threads_per_row * c.vec * c.cluster)) <= MAX_CHUNKS
     assert {c.cache for c in configs} == {"registers", "smem", "global"}
     assert all(c.vec == 1 for c in enumerate_configs(rg.catalog.llama(rg.bf16), 4097))
+
+
+def test_clusters_join_the_search_only_where_the_gpu_has_them():
+    block = rg.catalog.llama(rg.bf16)
+    assert any(c.cluster > 1 for c in enumerate_configs(block, 65536, "sm_90"))
+    assert not any(c.cluster > 1 for c in enumerate_configs(block, 65536, "sm_80"))
+    assert not any(c.cluster > 1 for c in enumerate_configs(block, 4096, "sm_90"))
 
 
 def test_pruning_drops_plan_rejects_and_keeps_spill_free_kernels():

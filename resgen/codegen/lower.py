@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -58,19 +59,52 @@ def row_dtypes(block: Block) -> list[DType]:
     return [p.dtype for p in block.params_of("input")] + [o.dtype for o in block.outputs if o.node.kind is Kind.ROW]
 
 
+def chunks_per_thread(hidden: int, config: LaunchConfig) -> int:
+    """How many VEC-wide chunks of a row each thread handles."""
+    return math.ceil(hidden / (config.threads_per_row * config.vec * config.cluster))
+
+
 def cached_floats(block: Block, hidden: int, config: LaunchConfig) -> int:
-    iters = math.ceil(hidden / (config.threads_per_row * config.vec))
-    return iters * config.vec * len(block.params_of("input"))
+    return chunks_per_thread(hidden, config) * config.vec * len(block.params_of("input"))
 
 
-def smem_layout(block: Block, hidden: int, rows_per_cta: int) -> tuple[int, dict[str, int], int]:
-    """(pitch in elements, byte offset of each row input's cache, total bytes) for the smem cache."""
-    pitch = -(-hidden // 8) * 8
+@dataclass(frozen=True)
+class SmemLayout:
+    """Dynamic shared memory of one CTA: the row cache (cache=smem), the per-warp partials of each
+    reduction, and (in a cluster) each reduction's CTA partial that the other CTAs read."""
+
+    pitch: int  # elements of one row this CTA caches
+    cache_offsets: dict[str, int]
+    scratch: int
+    partials: int
+    total: int
+
+
+def smem_layout(block: Block, hidden: int, config: LaunchConfig, phases: int) -> SmemLayout:
+    def up16(n: int) -> int:
+        return -(-n // 16) * 16
+
+    pitch = -(-(chunks_per_thread(hidden, config) * config.threads_per_row * config.vec) // 8) * 8
     offsets, total = {}, 0
-    for p in block.params_of("input"):
-        offsets[p.name] = total
-        total += -(-(pitch * p.dtype.itemsize * rows_per_cta) // 16) * 16
-    return pitch, offsets, total
+    if config.cache == "smem" and phases > 1:
+        for p in block.params_of("input"):
+            offsets[p.name] = total
+            total += up16(pitch * p.dtype.itemsize * config.rows_per_cta)
+    reductions = sum(n.op in REDUCE_OPS for n in block.body)
+    scratch = total
+    total += up16(4 * reductions * config.rows_per_cta * max(1, config.threads_per_row // 32))
+    partials = total
+    if config.cluster > 1:
+        total += up16(4 * reductions)
+    return SmemLayout(pitch, offsets, scratch, partials, total)
+
+
+def _phases(block: Block) -> int:
+    """Passes over the row: one per reduction stage, and one more for outputs that need the last."""
+    stage = _stages(block)
+    reductions = [stage[n.args[0]] for n in block.body if n.op in REDUCE_OPS]
+    row_outputs = [stage[o.node] for o in block.outputs if o.node.kind is Kind.ROW]
+    return 1 + max(reductions + row_outputs + [0])
 
 
 def check_config(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> None:
@@ -84,17 +118,18 @@ def check_config(block: Block, hidden: int, config: LaunchConfig, arch: Arch) ->
                 f"config {config}: caching the row in registers needs {floats} floats per thread, over the "
                 f"budget of {budget} at {config.threads} threads/CTA; use cache=smem or cache=global, or more threads"
             )
-    if config.cache == "smem":
-        _, _, total = smem_layout(block, hidden, config.rows_per_cta)
-        if total > arch.max_dynamic_smem:
-            raise PlanError(
-                f"config {config}: the shared-memory row cache needs {total} bytes, over {arch.name}'s "
-                f"{arch.max_dynamic_smem}; use cache=global"
-            )
-    if config.threads_per_row * config.vec >= 2 * hidden and config.threads_per_row > 1:
+    total = smem_layout(block, hidden, config, _phases(block)).total
+    if total > arch.max_dynamic_smem:
         raise PlanError(
-            f"config {config}: {config.threads_per_row} threads x vec {config.vec} per row is over twice "
-            f"hidden={hidden}; most threads would idle"
+            f"config {config}: the kernel needs {total} bytes of shared memory, over {arch.name}'s "
+            f"{arch.max_dynamic_smem}; use cache=global, or a cluster on sm_90+"
+        )
+    if config.cluster > 1 and not arch.clusters:
+        raise PlanError(f"config {config}: thread-block clusters need sm_90 or newer, not {arch.name}")
+    if config.threads_per_row * config.vec * config.cluster >= 2 * hidden and config.threads_per_row * config.cluster > 1:
+        raise PlanError(
+            f"config {config}: {config.threads_per_row * config.cluster} threads x vec {config.vec} per row is "
+            f"over twice hidden={hidden}; most threads would idle"
         )
 
 
@@ -102,6 +137,8 @@ def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH) -> Launc
     """The heuristic's choice: 16-byte vectors where hidden allows, a warp (or less) per row for
     small rows, a CTA per row for large ones, and the cheapest row cache that fits."""
     target = get_arch(arch)
+    if block.hidden != hidden:  # the phases and reductions that size shared memory are the lowered block's
+        block = pipeline(block, hidden)
     itemsize = min(d.itemsize for d in row_dtypes(block))
     vec = next(v for v in (8, 4, 2, 1) if hidden % v == 0 and v * itemsize <= 16)
     vectors = math.ceil(hidden / vec)
@@ -185,8 +222,9 @@ def _params_used(nodes: list[Node], op: str) -> set[str]:
 
 
 #: Identifiers the kernel template declares itself.
-TEMPLATE_LOCALS = frozenset({"HIDDEN", "VEC", "TPR", "ROWS_PER_CTA", "ITERS", "TAIL", "WIDE", "lane", "slot", "row",
-                             "in_row", "src_row", "it", "col0", "j", "scratch", "rg_smem"})
+TEMPLATE_LOCALS = frozenset({"HIDDEN", "VEC", "TPR", "ROWS_PER_CTA", "ITERS", "TAIL", "WIDE", "CLUSTER", "WARPS",
+                             "lane", "slot", "row", "in_row", "src_row", "it", "col0", "lcol0", "j", "scratch",
+                             "partials", "crank", "rg_smem"})
 
 
 def check_identifiers(block: Block, namer: _Namer) -> None:
@@ -214,8 +252,9 @@ def check_identifiers(block: Block, namer: _Namer) -> None:
 def kernel_name(block: Block, hidden: int, config: LaunchConfig) -> str:
     dtype = block.params_of("input")[0].dtype
     cache = {"registers": "reg", "smem": "smem", "global": "gmem"}[config.cache]
+    cluster = f"_c{config.cluster}" if config.cluster > 1 else ""
     return (f"rg_{block.name}_{dtype}_h{hidden}_t{config.threads_per_row}_r{config.rows_per_cta}"
-            f"_v{config.vec}_{cache}")
+            f"_v{config.vec}_{cache}{cluster}")
 
 
 def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: str = DEFAULT_ARCH) -> KernelPlan:
@@ -231,10 +270,10 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
 
     inplace_of = {o.inplace: o.name for o in low.outputs if o.inplace}
     aliased = set(inplace_of) | set(inplace_of.values())
-    pitch, smem_offsets, smem_total = smem_layout(low, hidden, config.rows_per_cta)
+    smem = smem_layout(low, hidden, config, _phases(low))
     row_in = {
         p.name: RowTensor(p.name, p.dtype.c_type, p.dtype.itemsize, p.name not in aliased, f"{p.name}_v",
-                          smem_offsets[p.name])
+                          smem.cache_offsets.get(p.name, 0))
         for p in low.params_of("input")
     }
     row_out = {
@@ -245,7 +284,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
 
     reductions = [n for n in low.body if n.op in REDUCE_OPS]
     row_outputs = [o for o in low.outputs if o.node.kind is Kind.ROW]
-    last = max([stage[r.args[0]] for r in reductions] + [stage[o.node] for o in row_outputs] + [0])
+    last = _phases(low) - 1
 
     def store_phase(o) -> int:
         return last if o.inplace else stage[o.node]
@@ -271,8 +310,8 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
             dropouts=tuple(Dropout(namer.uniforms(n), n.attr("site")) for n in nodes if n.op == "dropout"),
             computes=tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes),
             reductions=tuple(
-                Reduction(namer.ref(r), "max" if r.op == "row_max" else "sum", namer.ref(r.args[0]),
-                          "rg_neg_inf()" if r.op == "row_max" else "0.0f") for r in reds),
+                Reduction(reductions.index(r), namer.ref(r), "max" if r.op == "row_max" else "sum",
+                          namer.ref(r.args[0]), "rg_neg_inf()" if r.op == "row_max" else "0.0f") for r in reds),
             stores=tuple(Store(row_out[o.name], namer.ref(o.node)) for o in stores),
             after=tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in after_nodes),
             row_scalar_stores=tuple(
@@ -287,7 +326,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     dtypes = {d for d in row_dtypes(low)} | {p.dtype for p in low.params} | {o.dtype for o in low.outputs} | {
         n.attr("dtype") for n in low.body if n.op == "cast"}
     includes = tuple(h for d, h in ((f16, "cuda_fp16.h"), (bf16, "cuda_bf16.h")) if d in dtypes)
-    iters = math.ceil(hidden / (config.threads_per_row * config.vec))
+    iters = chunks_per_thread(hidden, config)
     return KernelPlan(
         name=kernel_name(low, hidden, config),
         block_name=low.name,
@@ -297,10 +336,12 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         config=config,
         hidden=hidden,
         iters=iters,
-        tail=hidden % (config.threads_per_row * config.vec) != 0,
+        tail=hidden % (config.threads_per_row * config.vec * config.cluster) != 0,
         unroll=iters if config.cache == "registers" else min(iters, 1 if uses_dropout else 2),
-        smem_bytes=smem_total if config.cache == "smem" and last > 0 else 0,
-        smem_pitch=pitch,
+        smem_bytes=smem.total,
+        smem_pitch=smem.pitch,
+        smem_scratch=smem.scratch,
+        smem_partials=smem.partials,
         includes=includes,
         params=params,
         row_inputs=tuple(row_in.values()),

@@ -20,15 +20,18 @@ class LaunchConfig:
     several warps per row). rows_per_cta: rows one CTA processes side by side. vec: consecutive
     elements per thread per access (16-byte accesses when vec * itemsize allows). cache: where
     the row's inputs wait between reduction phases: registers, shared memory, or nowhere (the
-    later phase reads them again from global memory).
+    later phase reads them again from global memory). cluster: CTAs that share one row as a
+    thread-block cluster (sm_90+), meeting in distributed shared memory for the reductions, so a
+    row too large for one CTA's shared memory still stays on chip.
     """
 
     threads_per_row: int
     rows_per_cta: int
     vec: int
     cache: str = "registers"
+    cluster: int = 1
 
-    SHORT = {"threads_per_row": "tpr", "rows_per_cta": "rows", "vec": "vec", "cache": "cache"}
+    SHORT = {"threads_per_row": "tpr", "rows_per_cta": "rows", "vec": "vec", "cache": "cache", "cluster": "cluster"}
 
     def __post_init__(self) -> None:
         if self.threads_per_row not in _POW2:
@@ -44,6 +47,10 @@ class LaunchConfig:
         if self.threads % 32:
             raise PlanError(f"config: threads_per_row * rows_per_cta = {self.threads} must be a multiple of 32 "
                             f"(whole warps; warp shuffles use every lane)")
+        if self.cluster not in (1, 2, 4, 8):
+            raise PlanError(f"config: cluster must be 1, 2, 4 or 8 CTAs, got {self.cluster}")
+        if self.cluster > 1 and self.rows_per_cta != 1:
+            raise PlanError(f"config: a cluster of {self.cluster} CTAs shares one row; rows_per_cta must be 1")
 
     @property
     def threads(self) -> int:
@@ -52,6 +59,8 @@ class LaunchConfig:
     @property
     def family(self) -> str:
         """warp-per-row (several rows per warp or a warp each), cta-per-row, or smem-staged/global-staged."""
+        if self.cluster > 1:
+            return f"cluster-{self.cache}"
         if self.cache != "registers":
             return f"{self.cache}-staged"
         return "warp-per-row" if self.threads_per_row <= 32 else "cta-per-row"
@@ -64,7 +73,8 @@ class LaunchConfig:
 
     @classmethod
     def parse(cls, text: str, base: LaunchConfig | None = None) -> LaunchConfig:
-        """Parse `tpr=256,rows=1,vec=8,cache=registers` (missing keys come from `base`)."""
+        """Parse `tpr=256,rows=1,vec=8,cache=registers,cluster=1` (missing keys come from `base`, and
+        cluster defaults to 1)."""
         values: dict[str, Any] = base.as_dict() if base else {}
         longs = {v: k for k, v in cls.SHORT.items()} | {k: k for k in cls.SHORT}
         for item in filter(None, (s.strip() for s in text.split(","))):
@@ -73,6 +83,7 @@ class LaunchConfig:
                 raise PlanError(f"--config: cannot parse {item!r}; expected key=value with keys {', '.join(cls.SHORT.values())}")
             name = longs[key.strip()]
             values[name] = value.strip() if name == "cache" else _int(name, value)
+        values.setdefault("cluster", 1)
         missing = [cls.SHORT[f.name] for f in fields(cls) if f.name not in values]
         if missing:
             raise PlanError(f"--config: missing {', '.join(missing)}")
@@ -107,6 +118,7 @@ class ColTensor:
 
 @dataclass(frozen=True)
 class Reduction:
+    index: int  # which scratch slot in shared memory
     var: str
     op: str  # "sum" | "max"
     value: str  # the expression accumulated per element
@@ -187,8 +199,10 @@ class KernelPlan:
     iters: int
     tail: bool
     unroll: int
-    smem_bytes: int
-    smem_pitch: int
+    smem_bytes: int  # dynamic shared memory: the row cache, reduction scratch, cluster partials
+    smem_pitch: int  # elements of one row this CTA caches
+    smem_scratch: int  # byte offset of the reductions' per-warp partials
+    smem_partials: int  # byte offset of the CTA's partial sums its cluster reads
     includes: tuple[str, ...]
     params: tuple[Param, ...]
     row_inputs: tuple[RowTensor, ...]
@@ -204,7 +218,7 @@ class KernelPlan:
         return self.config.threads
 
     def grid(self, rows: int) -> int:
-        return math.ceil(rows / self.config.rows_per_cta)
+        return math.ceil(rows / self.config.rows_per_cta) * self.config.cluster
 
     def summary(self) -> list[str]:
         c = self.config
@@ -212,7 +226,8 @@ class KernelPlan:
             f"kernel      {self.name}",
             f"arch        {self.arch}",
             f"hidden      {self.hidden} ({self.iters} chunk(s) of {c.vec} per thread{', predicated tail' if self.tail else ''})",
-            f"launch      {c.threads} threads/CTA = {c.rows_per_cta} row(s) x {c.threads_per_row} threads ({c.family})",
+            f"launch      {c.threads} threads/CTA = {c.rows_per_cta} row(s) x {c.threads_per_row} threads"
+            + (f", {c.cluster} CTAs per row (cluster)" if c.cluster > 1 else "") + f" ({c.family})",
             f"row cache   {c.cache}" + (f" ({self.smem_bytes} bytes dynamic shared memory)" if self.smem_bytes else ""),
             f"phases      {len(self.phases)} ({self.reductions} reduction(s))",
         ]

@@ -44,6 +44,7 @@ def render(plan: KernelPlan) -> str:
             version=__version__,
             prelude=env.loader.get_source(env, "prelude.cuh")[0].rstrip(),
             philox=env.loader.get_source(env, "philox.cuh")[0].rstrip(),
+            cluster=env.loader.get_source(env, "cluster.cuh")[0].rstrip(),
         )
     except jinja2.TemplateSyntaxError as exc:
         lines = (exc.source or "").splitlines()

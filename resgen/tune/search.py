@@ -20,6 +20,8 @@ from resgen.runtime.nvrtc import parse_resources
 MIN_OCCUPANCY = 0.25
 #: Configs that leave one thread more than this many chunks of a row serialize too much to win.
 MAX_CHUNKS = 32
+#: Rows from this size up are also tried split across a thread-block cluster.
+CLUSTER_MIN_HIDDEN = 16384
 _POW2 = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -30,9 +32,10 @@ class Candidate:
     occupancy: float
 
 
-def enumerate_configs(block: Block, hidden: int) -> list[LaunchConfig]:
+def enumerate_configs(block: Block, hidden: int, arch: str = "sm_90") -> list[LaunchConfig]:
     """The search space: power-of-two threads per row, CTAs of 64 to 1024 threads, the two widest
-    vectors of at most 16 bytes that divide hidden, every row cache."""
+    vectors of at most 16 bytes that divide hidden, every row cache; and for rows of at least
+    CLUSTER_MIN_HIDDEN on GPUs with clusters, 2 to 8 CTAs of 256 to 1024 threads per row."""
     itemsize = min(d.itemsize for d in row_dtypes(block))
     vecs = [v for v in (8, 4, 2, 1) if v * itemsize <= 16 and hidden % v == 0][:2]  # the widest two
     configs = []
@@ -46,6 +49,12 @@ def enumerate_configs(block: Block, hidden: int) -> list[LaunchConfig]:
                     continue
                 for cache in ("registers", "smem", "global"):
                     configs.append(LaunchConfig(tpr, rows, vec, cache))
+    if get_arch(arch).clusters and hidden >= CLUSTER_MIN_HIDDEN:
+        for cluster in (2, 4, 8):
+            for tpr in (256, 512, 1024):
+                for vec in vecs:
+                    if -(-hidden // (tpr * vec * cluster)) <= MAX_CHUNKS:
+                        configs += [LaunchConfig(tpr, 1, vec, cache, cluster) for cache in ("registers", "smem")]
     return configs
 
 
@@ -67,7 +76,7 @@ def prune(block: Block, hidden: int, arch: str, progress: Callable[[str], None] 
     """
     dropped = {"plan": 0, "spills": 0, "occupancy": 0, "budget": 0}
     survivors = []
-    configs = enumerate_configs(block, hidden)
+    configs = enumerate_configs(block, hidden, arch)
     start = time.monotonic()
     bar = ProgressBar(len(configs), "pruning") if progress is None else None
     for i, config in enumerate(configs):
