@@ -5,7 +5,8 @@
 //   arch        sm_90
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
-//   row cache   registers (32 bytes dynamic shared memory)
+//   row cache   registers
+//   shared mem  32 bytes dynamic (row cache, reduction partials)
 //   phases      3 (2 reduction(s))
 //
 // IR after the pass pipeline (t<i> / rs<i> below are %<i> here):

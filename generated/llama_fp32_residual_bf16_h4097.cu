@@ -5,7 +5,8 @@
 //   arch        sm_90
 //   hidden      4097 (9 chunk(s) of 1 per thread, predicated tail)
 //   launch      512 threads/CTA = 1 row(s) x 512 threads (cta-per-row)
-//   row cache   registers (64 bytes dynamic shared memory)
+//   row cache   registers
+//   shared mem  64 bytes dynamic (row cache, reduction partials)
 //   phases      2 (1 reduction(s))
 //
 // IR after the pass pipeline (t<i> / rs<i> below are %<i> here):

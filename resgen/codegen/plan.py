@@ -228,6 +228,7 @@ class KernelPlan:
             f"hidden      {self.hidden} ({self.iters} chunk(s) of {c.vec} per thread{', predicated tail' if self.tail else ''})",
             f"launch      {c.threads} threads/CTA = {c.rows_per_cta} row(s) x {c.threads_per_row} threads"
             + (f", {c.cluster} CTAs per row (cluster)" if c.cluster > 1 else "") + f" ({c.family})",
-            f"row cache   {c.cache}" + (f" ({self.smem_bytes} bytes dynamic shared memory)" if self.smem_bytes else ""),
+            f"row cache   {c.cache}",
+            f"shared mem  {self.smem_bytes} bytes dynamic (row cache, reduction partials)",
             f"phases      {len(self.phases)} ({self.reductions} reduction(s))",
         ]
