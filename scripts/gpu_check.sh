@@ -18,15 +18,18 @@ export RESGEN_CACHE_DIR=${RESGEN_CACHE_DIR:-/tmp/resgen-cache}
     "$PY" -c "import sys, torch, cupy; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cupy', cupy.__version__)"
 } 2>&1 | tee "$OUT/env.log"
 
-"$PY" -m pytest -q -m gpu -n 4 -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log"
+# A kernel that hangs must not eat the device budget: per-test and overall time limits.
+per_test=""
+"$PY" -c "import pytest_timeout" 2>/dev/null && per_test="--timeout 240"
+timeout 330 "$PY" -m pytest -q -m gpu -n 4 -p no:cacheprovider $per_test tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}
 
-"$PY" -m resgen.cli bench llama,gpt2 --hidden 2048,4096,8192,16384 --rows 32768 --against torch,compile \
+timeout 240 "$PY" -m resgen.cli bench llama,gpt2 --hidden 2048,4096,8192,16384 --rows 32768 --against torch,compile \
     --json "$OUT/bench.json" --plot "$OUT/bench.png" 2>&1 | tee "$OUT/bench.log"
 bench_rc=${PIPESTATUS[0]}
 
 # Small-row latency: microseconds per call with host overhead (call_us), resgen vs torch eager.
-"$PY" -m resgen.cli bench llama --hidden 4096 --rows 1,64 --against torch \
+timeout 60 "$PY" -m resgen.cli bench llama --hidden 4096 --rows 1,64 --against torch \
     --json "$OUT/latency.json" 2>&1 | tee "$OUT/latency.log"
 latency_rc=${PIPESTATUS[0]}
 
