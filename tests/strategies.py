@@ -16,7 +16,8 @@ def random_blocks(draw, max_ops: int = 8) -> rg.Block:
     Values stay finite: square roots and rsqrt see |v| + 1, divisions divide by |v| + 1.
     """
     b = rg.Block("rand")
-    rows = [b.input(f"in{i}", draw(st.sampled_from(DTYPES))) for i in range(draw(st.integers(1, 3)))]
+    inputs = [b.input(f"in{i}", draw(st.sampled_from(DTYPES))) for i in range(draw(st.integers(1, 3)))]
+    rows = list(inputs)
     cols = [b.weight(f"w{i}", draw(st.sampled_from(DTYPES))) for i in range(draw(st.integers(0, 2)))]
     scalars = [b.scalar("alpha")] if draw(st.booleans()) else []
     row_scalars: list[rg.Value] = []
@@ -60,7 +61,7 @@ def random_blocks(draw, max_ops: int = 8) -> rg.Block:
             rows.append(a * (rg.abs(draw(st.sampled_from(row_scalars))) + 1.0))
     # Every parameter feeds the final value, so none is unused.
     final = rows[-1]
-    for p in rows[: len([p for p in b.params if p.op == "input"])] + cols:
+    for p in inputs + cols:
         final = final + p
     for s in scalars:
         final = final * s
