@@ -61,8 +61,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     binary = compile_for_device(source, plan.name, plan.arch)
     for line in plan.summary():
         print(line)
+    from resgen.codegen.arch import get_arch
+    from resgen.tune.search import loads_in_flight, occupancy
+
     bits = binary.access_bits
     print(f"global I/O  widest load {bits['load']} bits, widest store {bits['store']} bits (from the PTX)")
+    wide = parse_resources(binary.log, plan.entries[0].name)
+    occ = occupancy(plan.config, wide.registers, plan.smem_bytes + wide.shared_static, plan.arch)
+    resident = round(occ * get_arch(plan.arch).max_threads_per_sm)
+    in_flight = loads_in_flight(plan)
+    print(f"occupancy   {occ:.0%} ({resident} threads/SM); row loads in flight up to {in_flight} B/thread, "
+          f"{resident * in_flight / 1024:.0f} KiB/SM")
     print(f"{'entry point':<52} {'regs':>5} {'spill st':>9} {'spill ld':>9} {'stack':>6} {'smem':>6}")
     for entry in plan.entries:
         r = parse_resources(binary.log, entry.name)

@@ -144,6 +144,7 @@ def test_inspect_reports_resources_and_access_width(capsys):
     assert main(["inspect", "llama", "--hidden", "4096"]) == 0
     out = capsys.readouterr().out
     assert "widest load 128 bits" in out and "rg_llama_bf16_h4096" in out and "regs" in out
+    assert "occupancy" in out and "KiB/SM" in out
 
 
 def test_compile_error_shows_the_failing_source_lines():

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from resgen.codegen import LaunchConfig, lower, render
+from resgen.codegen import KernelPlan, LaunchConfig, lower, render
 from resgen.codegen.arch import get_arch
 from resgen.codegen.lower import row_dtypes
 from resgen.errors import PlanError
@@ -65,6 +65,13 @@ def occupancy(config: LaunchConfig, registers: int, smem_bytes: int, arch: str) 
     by_regs = target.regs_per_sm // max(1, registers * config.threads)
     by_smem = (target.max_dynamic_smem // smem_bytes) if smem_bytes else by_threads
     return min(by_threads, by_regs, by_smem, 32) * config.threads / target.max_threads_per_sm
+
+
+def loads_in_flight(plan: KernelPlan) -> int:
+    """Bytes of row input one thread can have in flight in the first phase (its loads are issued
+    before their first use across `plan.unroll` chunks)."""
+    per_chunk = sum(t.itemsize * plan.config.vec for t in plan.row_inputs)
+    return per_chunk * plan.unroll
 
 
 def prune(block: Block, hidden: int, arch: str, progress: Callable[[str], None] | None = None,
