@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from importlib import resources
+import importlib.util
 from pathlib import Path
 
 import jinja2
@@ -12,13 +12,12 @@ from resgen.codegen.plan import KernelPlan
 
 
 def template_dir() -> Path:
-    """The templates folder: inside an installed package, or at the top of a source checkout."""
-    try:
-        found = resources.files("resgen.templates")
-        if found.joinpath("kernel.cu.j2").is_file():
-            return Path(str(found))
-    except ModuleNotFoundError:
-        pass
+    """The templates folder: inside an installed package (`resgen.templates`), or at the top of a
+    source checkout."""
+    spec = importlib.util.find_spec("resgen.templates")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "kernel.cu.j2").is_file():
+            return Path(location)
     return Path(__file__).resolve().parents[2] / "templates"
 
 
