@@ -249,6 +249,17 @@ def check_identifiers(block: Block, namer: _Namer) -> None:
                         f"rename the parameters")
 
 
+def _phase_inputs(phase: int, cache: str, row_in: dict[str, RowTensor],
+                  needed: set[str]) -> tuple[tuple[RowTensor, ...], tuple[RowTensor, ...]]:
+    """(read from global memory, read from the row cache) for one phase. The first phase reads every
+    row input, filling the cache; with cache=global each phase reads again what it needs."""
+    if cache == "global":
+        return tuple(t for n, t in row_in.items() if n in needed), ()
+    if phase == 0:
+        return tuple(row_in.values()), ()
+    return (), tuple(t for n, t in row_in.items() if n in needed)
+
+
 def kernel_name(block: Block, hidden: int, config: LaunchConfig) -> str:
     dtype = block.params_of("input")[0].dtype
     cache = {"registers": "reg", "smem": "smem", "global": "gmem"}[config.cache]
@@ -296,11 +307,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         nodes = _closure([r.args[0] for r in reds] + [o.node for o in stores], order)
         direct = [o.node for o in stores] + [r.args[0] for r in reds]  # outputs or reductions of a bare input
         inputs_needed = _params_used(nodes, "input") | {n.name for n in direct if n.op == "input"}
-        if config.cache == "global" or s == 0:
-            loads = tuple(t for n, t in row_in.items() if n in inputs_needed or (s == 0 and config.cache != "global"))
-            cached: tuple[RowTensor, ...] = ()
-        else:
-            loads, cached = (), tuple(t for n, t in row_in.items() if n in inputs_needed)
+        loads, cached = _phase_inputs(s, config.cache, row_in, inputs_needed)
         after_nodes = [n for n in low.body if n.kind is Kind.ROWS and stage[n] == s + 1 and n.op not in REDUCE_OPS]
         phases.append(Phase(
             index=s,
