@@ -38,9 +38,10 @@ def dropout_scale(p: float) -> float:
 
 
 class _Interpreter:
-    def __init__(self, call: BoundCall, device: torch.device) -> None:
+    def __init__(self, call: BoundCall, device: torch.device, accumulate: torch.dtype) -> None:
         self.call = call
         self.device = device
+        self.accumulate = accumulate
         self.values: dict[Node, torch.Tensor] = {}  # keyed by identity; holds nodes alive
 
     def param(self, node: Node) -> torch.Tensor:
@@ -74,7 +75,7 @@ class _Interpreter:
         if op == "cast":
             return args[0].to(node.attr("dtype").torch_dtype).float()
         if op == "row_sum":
-            return args[0].double().sum(dim=-1, keepdim=True).float()
+            return args[0].to(self.accumulate).sum(dim=-1, keepdim=True).float()
         if op == "row_max":
             return args[0].amax(dim=-1, keepdim=True)
         if op == "dropout":
@@ -86,10 +87,14 @@ class _Interpreter:
         raise NotImplementedError(f"reference: no rule for op {op!r}")
 
 
-def evaluate(block: Block, call: BoundCall) -> Outputs:
-    """Run `block` on already-bound arguments; outputs keep the inputs' leading shape."""
+def evaluate(block: Block, call: BoundCall, accumulate: torch.dtype = torch.float64) -> Outputs:
+    """Run `block` on already-bound arguments; outputs keep the inputs' leading shape.
+
+    `accumulate` is the dtype row sums are taken in: float64 for the reference; float32 gives the
+    plain PyTorch code a user would write (the benchmark's eager baseline for any block).
+    """
     device = next(iter(call.tensors.values())).device
-    interp = _Interpreter(call, device)
+    interp = _Interpreter(call, device, accumulate)
     results: dict[str, torch.Tensor] = {}
     for out in block.outputs:
         value = interp.eval(out.node)

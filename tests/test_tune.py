@@ -128,3 +128,22 @@ def test_bench_without_gpu_is_a_clear_error(capsys):
         pytest.skip("a GPU is present")
     assert main(["bench", "llama"]) == 2
     assert "--from-json" in capsys.readouterr().err
+
+
+def test_baselines_compute_what_the_block_does():
+    import torch
+
+    from resgen.tune.baselines import TORCH_FORMULAS, eager
+    from resgen.verification import random_inputs
+
+    assert eager(rg.catalog.bert()) is None
+    for name in TORCH_FORMULAS:  # every hand-written formula and the generic eager one, outputs in block order
+        block = rg.catalog[name](rg.f32)
+        args = random_inputs(block, (4,), 96)
+        want = rg.reference(block, **args)
+        got = eager(block)(**args)
+        for value, out in zip(got, block.outputs, strict=True):
+            torch.testing.assert_close(value, want[out.name], rtol=1e-5, atol=1e-5)
+        formula = TORCH_FORMULAS[name](**args)
+        for value, out in zip(formula, block.outputs, strict=True):
+            torch.testing.assert_close(value.float(), want[out.name].float(), rtol=1e-4, atol=1e-4)

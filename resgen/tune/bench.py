@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from resgen.ir.block import Block
-from resgen.tune.baselines import TORCH_FORMULAS, liger
+from resgen.tune.baselines import TORCH_FORMULAS, eager, liger
 from resgen.tune.timing import buffer_sets, copy_bandwidth_gbps, environment, plan_bytes, time_cuda, wall_per_call_us
 from resgen.verification import random_inputs
 
@@ -44,9 +44,11 @@ def _systems(case: Case, hidden: int, against: list[str],
         kernels["resgen-heuristic"] = rg.compile(case.block, hidden, backend="cuda", config=heuristic)
     runners: dict[str, Callable] = {name: (lambda a, k=k: k(**a)) for name, k in kernels.items()}
     configs = {name: k.config for name, k in kernels.items()}
-    formula = TORCH_FORMULAS.get(case.block.name)
+    formula = TORCH_FORMULAS.get(case.block.name) or eager(case.block)
     if formula is None and any(s in against for s in ("torch", "compile")):
-        progress(f"{case.name}: no PyTorch formula for this block; torch and compile skipped")
+        progress(f"{case.name}: has dropout and no hand-written PyTorch formula; torch and compile skipped")
+    elif case.block.name not in TORCH_FORMULAS:
+        progress(f"{case.name}: torch and compile run the block op by op in float32 (no hand-written formula)")
     if formula is not None and "torch" in against:
         runners["torch"] = lambda a: formula(**{p: a[p] for p in params})
     if formula is not None and "compile" in against:
