@@ -147,3 +147,28 @@ def test_baselines_compute_what_the_block_does():
         formula = TORCH_FORMULAS[name](**args)
         for value, out in zip(formula, block.outputs, strict=True):
             torch.testing.assert_close(value.float(), want[out.name].float(), rtol=1e-4, atol=1e-4)
+
+
+def test_buffer_sets_overflow_l2(monkeypatch):
+    import torch
+
+    from resgen.tune.timing import buffer_sets
+
+    class Props:
+        L2_cache_size = 60 << 20
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    assert buffer_sets(1 << 20, None) == 121  # 1 MiB sets: over twice the 60 MiB L2 in rotation
+    assert buffer_sets(100 << 20, None) == 3
+    assert buffer_sets(1 << 30, None) == 1  # one set alone evicts its own beginning
+
+
+def test_liger_is_optional_and_says_why():
+    from resgen.tune.baselines import liger
+
+    try:
+        import liger_kernel  # noqa: F401
+    except ImportError:
+        fn, why = liger("llama")
+        assert fn is None and "not importable" in why
+    assert liger("bert")[0] is None
