@@ -53,6 +53,14 @@ def test_heuristic_covers_every_family():
     assert default_config(rg.catalog.llama(rg.f32), 4096).vec == 4  # 16 bytes of f32
 
 
+@pytest.mark.parametrize("hidden, tpr", [(5120, 128), (6144, 256), (11008, 512), (2048, 64)])
+def test_heuristic_avoids_idle_lanes_in_the_last_chunk(hidden, tpr):
+    config = default_config(rg.catalog.llama(rg.bf16), hidden)
+    assert config.threads_per_row == tpr
+    report = rg.verify(rg.catalog.llama(rg.bf16), hidden, 3, backend="emu")
+    assert report.ok, report.table()
+
+
 @pytest.mark.parametrize("config, message", [
     (dict(threads_per_row=3, rows_per_cta=32, vec=8), "power of two"),
     (dict(threads_per_row=1024, rows_per_cta=2, vec=8), "exceeds 1024"),

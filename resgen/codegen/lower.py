@@ -146,7 +146,7 @@ def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH) -> Launc
     if tpr <= 32:
         rows_per_cta = max(1, 128 // tpr)
     else:
-        tpr, rows_per_cta = min(MAX_HEURISTIC_THREADS, tpr), 1
+        tpr, rows_per_cta = _cta_threads(vectors), 1
     for cache in ("registers", "smem", "global"):
         config = LaunchConfig(tpr, rows_per_cta, vec, cache)
         try:
@@ -155,6 +155,17 @@ def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH) -> Launc
         except PlanError:
             continue
     raise AssertionError("cache=global always fits")
+
+
+def _cta_threads(vectors: int) -> int:
+    """Threads for a CTA-per-row kernel: the fewest idle lanes in the last chunk, then the chunk
+    count nearest 4 (enough loads in flight, few registers), at most 8 chunks per thread."""
+    def cost(tpr: int) -> tuple[float, int]:
+        chunks = math.ceil(vectors / tpr)
+        return round(1 - vectors / (chunks * tpr), 2), abs(chunks - 4)
+
+    candidates = [t for t in (64, 128, 256, MAX_HEURISTIC_THREADS) if math.ceil(vectors / t) <= 8]
+    return min(candidates, key=cost) if candidates else MAX_HEURISTIC_THREADS
 
 
 def _stages(block: Block) -> dict[Node, int]:
