@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from resgen.codegen.arch import DEFAULT_ARCH
 from resgen.errors import ResgenError, SpecError
 
 
@@ -41,7 +42,7 @@ def _plan_and_source(args: argparse.Namespace):
     from resgen.codegen import plan_and_source
     from resgen.spec import resolve
 
-    return plan_and_source(resolve(args.spec, args.dtype), args.hidden, args.config, args.arch or "sm_90")
+    return plan_and_source(resolve(args.spec, args.dtype), args.hidden, args.config, args.arch or DEFAULT_ARCH)
 
 
 def _cmd_emit(args: argparse.Namespace) -> int:
@@ -132,7 +133,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     block = resolve(args.spec, args.dtype)
     gpu_missing = cuda_usable()
-    arch = args.arch or (device_arch() if gpu_missing is None else "sm_90")
+    arch = args.arch or (device_arch() if gpu_missing is None else DEFAULT_ARCH)
     print(f"pruning launch configs for {block.name} hidden={args.hidden} on {arch} (NVRTC, no GPU time)")
     survivors, dropped = prune(block, args.hidden, arch, progress=print if args.verbose else None,
                                budget_s=args.budget)

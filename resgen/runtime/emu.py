@@ -115,17 +115,19 @@ class EmuBackend:
         if not self.path.exists():
             _build(text, plan.name, self.path)
         try:
-            self.lib = ctypes.CDLL(str(self.path))
-            self._launchers = {e.name: getattr(self.lib, f"{e.name}_launch") for e in plan.entries}
+            self._launchers = self._load()
         except (OSError, AttributeError):  # a damaged cache entry: rebuild it once
             self.path.unlink(missing_ok=True)
             _build(text, plan.name, self.path)
-            self.lib = ctypes.CDLL(str(self.path))
-            self._launchers = {e.name: getattr(self.lib, f"{e.name}_launch") for e in plan.entries}
+            self._launchers = self._load()
         for fn in self._launchers.values():
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_longlong, ctypes.c_uint, ctypes.c_ulonglong,
                            ctypes.c_char_p, ctypes.c_ulonglong]
+
+    def _load(self) -> dict[str, ctypes._CFuncPtr]:
+        self.lib = ctypes.CDLL(str(self.path))  # held so the library stays loaded
+        return {e.name: getattr(self.lib, f"{e.name}_launch") for e in self.plan.entries}
 
     def run(self, entry: str, params: ctypes.Array, grid: int, threads: int, smem_bytes: int,
             device: torch.device) -> None:

@@ -37,8 +37,12 @@ class Launch:
     def kernel_params(self) -> tuple[ctypes.Array, list[ctypes._SimpleCData]]:
         """The `void* args[]` array both backends launch with, and the values it points to (keep alive)."""
         values = [_CTYPES[kind](value) for kind, value in self.args]
-        array = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
-        return array, values
+        return param_array(values), values
+
+
+def param_array(values: list[ctypes._SimpleCData]) -> ctypes.Array:
+    """The `void* args[]` array pointing at `values` (which must outlive every launch using it)."""
+    return (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
 
 
 def row_stride(name: str, t: torch.Tensor, hidden: int) -> int:
@@ -210,7 +214,7 @@ class LaunchTemplate:
             smem_bytes=launch.smem_bytes,
             device=next(iter(tensors.values())).device,
             values=values,
-            params=(ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values)),
+            params=param_array(values),
         )
 
     def fill(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float], seed: int,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resgen.codegen import KernelPlan, LaunchConfig, lower, render
-from resgen.codegen.arch import get_arch
+from resgen.codegen.arch import DEFAULT_ARCH, get_arch
 from resgen.codegen.lower import row_dtypes
 from resgen.errors import PlanError
 from resgen.ir.block import Block
@@ -32,7 +32,7 @@ class Candidate:
     occupancy: float
 
 
-def enumerate_configs(block: Block, hidden: int, arch: str = "sm_90") -> list[LaunchConfig]:
+def enumerate_configs(block: Block, hidden: int, arch: str = DEFAULT_ARCH) -> list[LaunchConfig]:
     """The search space: power-of-two threads per row, CTAs of 64 to 1024 threads, the two widest
     vectors of at most 16 bytes that divide hidden, every row cache; and for rows of at least
     CLUSTER_MIN_HIDDEN on GPUs with clusters, 2 to 8 CTAs of 256 to 1024 threads per row."""
