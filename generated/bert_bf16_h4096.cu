@@ -40,6 +40,12 @@
 #ifndef RG_DYNAMIC_SMEM  // resgen's CPU emulator provides its own
 #define RG_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
+// The emulator's sanitizer sees every memory access through RG_CHECK(address, bytes, write, line,
+// alignment), `line` being the emitted-source line that made it; on a GPU both compile to nothing.
+#ifndef RG_CHECK
+#define RG_CHECK(ptr, bytes, write, line, align) ((void)0)
+#define RG_CALLER_LINE 0
+#endif
 // Storage types convert to and from float32, where all arithmetic happens.
 template <typename T> struct rg_io;
 template <> struct rg_io<float> {
@@ -75,10 +81,11 @@ template <> struct rg_access<32> { using type = uint4; };
 // Read VEC consecutive elements of a row from column col0 into floats (0 past HIDDEN).
 // WIDE: the launch found every pointer and row stride aligned for VEC-element accesses.
 template <typename T, int VEC, int HIDDEN, bool WIDE>
-__device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC]) {
+__device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC], int line = RG_CALLER_LINE) {
     if (WIDE && col0 + VEC <= HIDDEN) {
         using A = typename rg_access<VEC * sizeof(T)>::type;
         constexpr int N = VEC * sizeof(T) / sizeof(A);
+        RG_CHECK(row + col0, VEC * sizeof(T), false, line, sizeof(A));
         A raw[N];
 #pragma unroll
         for (int i = 0; i < N; ++i) raw[i] = reinterpret_cast<const A*>(row + col0)[i];
@@ -88,19 +95,23 @@ __device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC
         for (int j = 0; j < VEC; ++j) out[j] = rg_io<T>::to_float(elems[j]);
     } else {
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) out[j] = col0 + j < HIDDEN ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
+        for (int j = 0; j < VEC; ++j) {
+            if (col0 + j < HIDDEN) RG_CHECK(row + col0 + j, sizeof(T), false, line, sizeof(T));
+            out[j] = col0 + j < HIDDEN ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
+        }
     }
 }
 
 // Write VEC floats, rounded to T, to columns col0.. of a row (nothing past HIDDEN).
 template <typename T, int VEC, int HIDDEN, bool WIDE>
-__device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC]) {
+__device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC], int line = RG_CALLER_LINE) {
     T elems[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) elems[j] = rg_io<T>::from_float(in[j]);
     if (WIDE && col0 + VEC <= HIDDEN) {
         using A = typename rg_access<VEC * sizeof(T)>::type;
         constexpr int N = VEC * sizeof(T) / sizeof(A);
+        RG_CHECK(row + col0, VEC * sizeof(T), true, line, sizeof(A));
         A raw[N];
         memcpy(raw, elems, sizeof(elems));
 #pragma unroll
@@ -108,15 +119,28 @@ __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC
     } else {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            if (col0 + j < HIDDEN) row[col0 + j] = elems[j];
+            if (col0 + j < HIDDEN) {
+                RG_CHECK(row + col0 + j, sizeof(T), true, line, sizeof(T));
+                row[col0 + j] = elems[j];
+            }
         }
     }
 }
 
+// One element of a row-scalar output, rounded to T.
+template <typename T>
+__device__ __forceinline__ void rg_store_one(T* at, float v, int line = RG_CALLER_LINE) {
+    RG_CHECK(at, sizeof(T), true, line, sizeof(T));
+    *at = rg_io<T>::from_float(v);
+}
+
 __device__ __forceinline__ float rg_neg_inf() { return __int_as_float((int)0xff800000u); }
 
+// torch.maximum: NaN in either operand gives NaN (fmaxf would drop it); equal operands give a.
+__device__ __forceinline__ float rg_fmax(float a, float b) { return (a < b || b != b) ? b : a; }
+
 struct rg_sum { static __device__ __forceinline__ float apply(float a, float b) { return a + b; } };
-struct rg_max { static __device__ __forceinline__ float apply(float a, float b) { return fmaxf(a, b); } };
+struct rg_max { static __device__ __forceinline__ float apply(float a, float b) { return rg_fmax(a, b); } };
 
 // Combine v over the TPR threads of one row. Butterfly shuffles give every lane the same bits;
 // rows wider than a warp meet in shared memory (`scratch` holds one slot per warp of the row).
@@ -126,8 +150,12 @@ __device__ __forceinline__ float rg_row_reduce(float v, float* scratch, int lane
     for (int m = (TPR < 32 ? TPR : 32) / 2; m > 0; m /= 2) v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, m));
     if (TPR > 32) {
         constexpr int WARPS = TPR / 32 > 0 ? TPR / 32 : 1;
-        if (lane % 32 == 0) scratch[lane / 32] = v;
+        if (lane % 32 == 0) {
+            RG_CHECK(scratch + lane / 32, 4, true, __LINE__, 4);
+            scratch[lane / 32] = v;
+        }
         __syncthreads();
+        RG_CHECK(scratch, 4 * WARPS, false, __LINE__, 4);
         v = scratch[0];
 #pragma unroll
         for (int w = 1; w < WARPS; ++w) v = Op::apply(v, scratch[w]);
@@ -180,15 +208,15 @@ __device__ __forceinline__ void rg_dropout_uniforms(int col0, unsigned row, unsi
 // otherwise the _narrow entry point below reads and writes element by element.
 template <bool WIDE>
 __device__ __forceinline__ void rg_bert_bf16_h4096_t128_r1_v8_reg_body(
-    const __nv_bfloat16* __restrict__ x,
-    long long x_stride,
-    const __nv_bfloat16* __restrict__ residual,
-    long long residual_stride,
-    const __nv_bfloat16* __restrict__ bias,
-    const __nv_bfloat16* __restrict__ weight,
-    const __nv_bfloat16* __restrict__ ln_bias,
-    __nv_bfloat16* __restrict__ y,
-    long long y_stride,
+    const __nv_bfloat16* __restrict__ p_x,
+    long long s_x,
+    const __nv_bfloat16* __restrict__ p_residual,
+    long long s_residual,
+    const __nv_bfloat16* __restrict__ p_bias,
+    const __nv_bfloat16* __restrict__ p_weight,
+    const __nv_bfloat16* __restrict__ p_ln_bias,
+    __nv_bfloat16* __restrict__ p_y,
+    long long s_y,
     unsigned long long seed,
     unsigned long long offset,
     long long rows)
@@ -207,13 +235,13 @@ __device__ __forceinline__ void rg_bert_bf16_h4096_t128_r1_v8_reg_body(
     const long long row = (long long)(blockIdx.x / CLUSTER) * ROWS_PER_CTA + slot;
     const bool in_row = row < rows;  // threads past the last row still join reductions, never store
     const long long src_row = in_row ? row : 0;  // they read row 0 instead, so every load stays in bounds
-    const __nv_bfloat16* x_row = x + src_row * x_stride;
-    const __nv_bfloat16* residual_row = residual + src_row * residual_stride;
-    __nv_bfloat16* y_row = y + src_row * y_stride;
+    const __nv_bfloat16* r_x = p_x + src_row * s_x;
+    const __nv_bfloat16* r_residual = p_residual + src_row * s_residual;
+    __nv_bfloat16* r_y = p_y + src_row * s_y;
     RG_DYNAMIC_SMEM(rg_smem);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
-    float x_cache[ITERS][VEC];  // the row stays in registers between phases
-    float residual_cache[ITERS][VEC];  // the row stays in registers between phases
+    float c_x[ITERS][VEC];  // the row stays in registers between phases
+    float c_residual[ITERS][VEC];  // the row stays in registers between phases
 
     // ---- phase 0 ----
     float rs3 = 0.0f;
@@ -221,19 +249,19 @@ __device__ __forceinline__ void rg_bert_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        float (&x_v)[VEC] = x_cache[it];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(x_row, col0, x_v);
-        float (&residual_v)[VEC] = residual_cache[it];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(residual_row, col0, residual_v);
-        float bias_v[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(bias, col0, bias_v);
+        float (&v_x)[VEC] = c_x[it];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
+        float (&v_residual)[VEC] = c_residual[it];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
+        float v_bias[VEC];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_bias, col0, v_bias);
         float drop0_u[VEC];
         rg_dropout_uniforms<VEC>(col0, (unsigned)row, seed, offset, 0u, drop0_u);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = x_v[j] + bias_v[j];
+            const float t0 = v_x[j] + v_bias[j];
             const float t1 = drop0_u[j] >= 0.100000001f ? t0 * 1.11111116f : 0.0f;
-            const float t2 = t1 + residual_v[j];
+            const float t2 = t1 + v_residual[j];
             if (!TAIL || col0 + j < HIDDEN) {
                 rs3 += t2;
             }
@@ -248,17 +276,17 @@ __device__ __forceinline__ void rg_bert_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&x_v)[VEC] = x_cache[it];
-        const float (&residual_v)[VEC] = residual_cache[it];
-        float bias_v[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(bias, col0, bias_v);
+        const float (&v_x)[VEC] = c_x[it];
+        const float (&v_residual)[VEC] = c_residual[it];
+        float v_bias[VEC];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_bias, col0, v_bias);
         float drop0_u[VEC];
         rg_dropout_uniforms<VEC>(col0, (unsigned)row, seed, offset, 0u, drop0_u);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = x_v[j] + bias_v[j];
+            const float t0 = v_x[j] + v_bias[j];
             const float t1 = drop0_u[j] >= 0.100000001f ? t0 * 1.11111116f : 0.0f;
-            const float t2 = t1 + residual_v[j];
+            const float t2 = t1 + v_residual[j];
             const float t6 = t2 - rs5;
             const float t7 = t6 * t6;
             if (!TAIL || col0 + j < HIDDEN) {
@@ -276,62 +304,62 @@ __device__ __forceinline__ void rg_bert_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&x_v)[VEC] = x_cache[it];
-        const float (&residual_v)[VEC] = residual_cache[it];
-        float bias_v[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(bias, col0, bias_v);
-        float weight_v[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(weight, col0, weight_v);
-        float ln_bias_v[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(ln_bias, col0, ln_bias_v);
+        const float (&v_x)[VEC] = c_x[it];
+        const float (&v_residual)[VEC] = c_residual[it];
+        float v_bias[VEC];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_bias, col0, v_bias);
+        float v_weight[VEC];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
+        float v_ln_bias[VEC];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_ln_bias, col0, v_ln_bias);
         float drop0_u[VEC];
         rg_dropout_uniforms<VEC>(col0, (unsigned)row, seed, offset, 0u, drop0_u);
-        float y_v[VEC];
+        float v_y[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = x_v[j] + bias_v[j];
+            const float t0 = v_x[j] + v_bias[j];
             const float t1 = drop0_u[j] >= 0.100000001f ? t0 * 1.11111116f : 0.0f;
-            const float t2 = t1 + residual_v[j];
+            const float t2 = t1 + v_residual[j];
             const float t6 = t2 - rs5;
             const float t13 = rs12 * t6;
-            const float t14 = weight_v[j] * t13;
-            const float t15 = ln_bias_v[j] + t14;
-            y_v[j] = t15;
+            const float t14 = v_weight[j] * t13;
+            const float t15 = v_ln_bias[j] + t14;
+            v_y[j] = t15;
         }
-        if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(y_row, col0, y_v);
+        if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_y, col0, v_y);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(128, 1) rg_bert_bf16_h4096_t128_r1_v8_reg(
-    const __nv_bfloat16* __restrict__ x,
-    long long x_stride,
-    const __nv_bfloat16* __restrict__ residual,
-    long long residual_stride,
-    const __nv_bfloat16* __restrict__ bias,
-    const __nv_bfloat16* __restrict__ weight,
-    const __nv_bfloat16* __restrict__ ln_bias,
-    __nv_bfloat16* __restrict__ y,
-    long long y_stride,
+    const __nv_bfloat16* __restrict__ p_x,
+    long long s_x,
+    const __nv_bfloat16* __restrict__ p_residual,
+    long long s_residual,
+    const __nv_bfloat16* __restrict__ p_bias,
+    const __nv_bfloat16* __restrict__ p_weight,
+    const __nv_bfloat16* __restrict__ p_ln_bias,
+    __nv_bfloat16* __restrict__ p_y,
+    long long s_y,
     unsigned long long seed,
     unsigned long long offset,
     long long rows)
 {
-    rg_bert_bf16_h4096_t128_r1_v8_reg_body<true>(x, x_stride, residual, residual_stride, bias, weight, ln_bias, y, y_stride, seed, offset, rows);
+    rg_bert_bf16_h4096_t128_r1_v8_reg_body<true>(p_x, s_x, p_residual, s_residual, p_bias, p_weight, p_ln_bias, p_y, s_y, seed, offset, rows);
 }
 
 extern "C" __global__ void __launch_bounds__(128, 1) rg_bert_bf16_h4096_t128_r1_v8_reg_narrow(
-    const __nv_bfloat16* __restrict__ x,
-    long long x_stride,
-    const __nv_bfloat16* __restrict__ residual,
-    long long residual_stride,
-    const __nv_bfloat16* __restrict__ bias,
-    const __nv_bfloat16* __restrict__ weight,
-    const __nv_bfloat16* __restrict__ ln_bias,
-    __nv_bfloat16* __restrict__ y,
-    long long y_stride,
+    const __nv_bfloat16* __restrict__ p_x,
+    long long s_x,
+    const __nv_bfloat16* __restrict__ p_residual,
+    long long s_residual,
+    const __nv_bfloat16* __restrict__ p_bias,
+    const __nv_bfloat16* __restrict__ p_weight,
+    const __nv_bfloat16* __restrict__ p_ln_bias,
+    __nv_bfloat16* __restrict__ p_y,
+    long long s_y,
     unsigned long long seed,
     unsigned long long offset,
     long long rows)
 {
-    rg_bert_bf16_h4096_t128_r1_v8_reg_body<false>(x, x_stride, residual, residual_stride, bias, weight, ln_bias, y, y_stride, seed, offset, rows);
+    rg_bert_bf16_h4096_t128_r1_v8_reg_body<false>(p_x, s_x, p_residual, s_residual, p_bias, p_weight, p_ln_bias, p_y, s_y, seed, offset, rows);
 }

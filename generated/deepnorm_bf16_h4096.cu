@@ -39,6 +39,12 @@
 #ifndef RG_DYNAMIC_SMEM  // resgen's CPU emulator provides its own
 #define RG_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
+// The emulator's sanitizer sees every memory access through RG_CHECK(address, bytes, write, line,
+// alignment), `line` being the emitted-source line that made it; on a GPU both compile to nothing.
+#ifndef RG_CHECK
+#define RG_CHECK(ptr, bytes, write, line, align) ((void)0)
+#define RG_CALLER_LINE 0
+#endif
 // Storage types convert to and from float32, where all arithmetic happens.
 template <typename T> struct rg_io;
 template <> struct rg_io<float> {
@@ -74,10 +80,11 @@ template <> struct rg_access<32> { using type = uint4; };
 // Read VEC consecutive elements of a row from column col0 into floats (0 past HIDDEN).
 // WIDE: the launch found every pointer and row stride aligned for VEC-element accesses.
 template <typename T, int VEC, int HIDDEN, bool WIDE>
-__device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC]) {
+__device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC], int line = RG_CALLER_LINE) {
     if (WIDE && col0 + VEC <= HIDDEN) {
         using A = typename rg_access<VEC * sizeof(T)>::type;
         constexpr int N = VEC * sizeof(T) / sizeof(A);
+        RG_CHECK(row + col0, VEC * sizeof(T), false, line, sizeof(A));
         A raw[N];
 #pragma unroll
         for (int i = 0; i < N; ++i) raw[i] = reinterpret_cast<const A*>(row + col0)[i];
@@ -87,19 +94,23 @@ __device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC
         for (int j = 0; j < VEC; ++j) out[j] = rg_io<T>::to_float(elems[j]);
     } else {
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) out[j] = col0 + j < HIDDEN ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
+        for (int j = 0; j < VEC; ++j) {
+            if (col0 + j < HIDDEN) RG_CHECK(row + col0 + j, sizeof(T), false, line, sizeof(T));
+            out[j] = col0 + j < HIDDEN ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
+        }
     }
 }
 
 // Write VEC floats, rounded to T, to columns col0.. of a row (nothing past HIDDEN).
 template <typename T, int VEC, int HIDDEN, bool WIDE>
-__device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC]) {
+__device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC], int line = RG_CALLER_LINE) {
     T elems[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) elems[j] = rg_io<T>::from_float(in[j]);
     if (WIDE && col0 + VEC <= HIDDEN) {
         using A = typename rg_access<VEC * sizeof(T)>::type;
         constexpr int N = VEC * sizeof(T) / sizeof(A);
+        RG_CHECK(row + col0, VEC * sizeof(T), true, line, sizeof(A));
         A raw[N];
         memcpy(raw, elems, sizeof(elems));
 #pragma unroll
@@ -107,15 +118,28 @@ __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC
     } else {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            if (col0 + j < HIDDEN) row[col0 + j] = elems[j];
+            if (col0 + j < HIDDEN) {
+                RG_CHECK(row + col0 + j, sizeof(T), true, line, sizeof(T));
+                row[col0 + j] = elems[j];
+            }
         }
     }
 }
 
+// One element of a row-scalar output, rounded to T.
+template <typename T>
+__device__ __forceinline__ void rg_store_one(T* at, float v, int line = RG_CALLER_LINE) {
+    RG_CHECK(at, sizeof(T), true, line, sizeof(T));
+    *at = rg_io<T>::from_float(v);
+}
+
 __device__ __forceinline__ float rg_neg_inf() { return __int_as_float((int)0xff800000u); }
 
+// torch.maximum: NaN in either operand gives NaN (fmaxf would drop it); equal operands give a.
+__device__ __forceinline__ float rg_fmax(float a, float b) { return (a < b || b != b) ? b : a; }
+
 struct rg_sum { static __device__ __forceinline__ float apply(float a, float b) { return a + b; } };
-struct rg_max { static __device__ __forceinline__ float apply(float a, float b) { return fmaxf(a, b); } };
+struct rg_max { static __device__ __forceinline__ float apply(float a, float b) { return rg_fmax(a, b); } };
 
 // Combine v over the TPR threads of one row. Butterfly shuffles give every lane the same bits;
 // rows wider than a warp meet in shared memory (`scratch` holds one slot per warp of the row).
@@ -125,8 +149,12 @@ __device__ __forceinline__ float rg_row_reduce(float v, float* scratch, int lane
     for (int m = (TPR < 32 ? TPR : 32) / 2; m > 0; m /= 2) v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, m));
     if (TPR > 32) {
         constexpr int WARPS = TPR / 32 > 0 ? TPR / 32 : 1;
-        if (lane % 32 == 0) scratch[lane / 32] = v;
+        if (lane % 32 == 0) {
+            RG_CHECK(scratch + lane / 32, 4, true, __LINE__, 4);
+            scratch[lane / 32] = v;
+        }
         __syncthreads();
+        RG_CHECK(scratch, 4 * WARPS, false, __LINE__, 4);
         v = scratch[0];
 #pragma unroll
         for (int w = 1; w < WARPS; ++w) v = Op::apply(v, scratch[w]);
@@ -138,15 +166,15 @@ __device__ __forceinline__ float rg_row_reduce(float v, float* scratch, int lane
 // otherwise the _narrow entry point below reads and writes element by element.
 template <bool WIDE>
 __device__ __forceinline__ void rg_deepnorm_bf16_h4096_t128_r1_v8_reg_body(
-    float alpha,
-    const __nv_bfloat16* __restrict__ residual,
-    long long residual_stride,
-    const __nv_bfloat16* __restrict__ x,
-    long long x_stride,
-    const __nv_bfloat16* __restrict__ weight,
-    const __nv_bfloat16* __restrict__ bias,
-    __nv_bfloat16* __restrict__ y,
-    long long y_stride,
+    float a_alpha,
+    const __nv_bfloat16* __restrict__ p_residual,
+    long long s_residual,
+    const __nv_bfloat16* __restrict__ p_x,
+    long long s_x,
+    const __nv_bfloat16* __restrict__ p_weight,
+    const __nv_bfloat16* __restrict__ p_bias,
+    __nv_bfloat16* __restrict__ p_y,
+    long long s_y,
     long long rows)
 {
     constexpr int HIDDEN = 4096;
@@ -163,13 +191,13 @@ __device__ __forceinline__ void rg_deepnorm_bf16_h4096_t128_r1_v8_reg_body(
     const long long row = (long long)(blockIdx.x / CLUSTER) * ROWS_PER_CTA + slot;
     const bool in_row = row < rows;  // threads past the last row still join reductions, never store
     const long long src_row = in_row ? row : 0;  // they read row 0 instead, so every load stays in bounds
-    const __nv_bfloat16* residual_row = residual + src_row * residual_stride;
-    const __nv_bfloat16* x_row = x + src_row * x_stride;
-    __nv_bfloat16* y_row = y + src_row * y_stride;
+    const __nv_bfloat16* r_residual = p_residual + src_row * s_residual;
+    const __nv_bfloat16* r_x = p_x + src_row * s_x;
+    __nv_bfloat16* r_y = p_y + src_row * s_y;
     RG_DYNAMIC_SMEM(rg_smem);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
-    float residual_cache[ITERS][VEC];  // the row stays in registers between phases
-    float x_cache[ITERS][VEC];  // the row stays in registers between phases
+    float c_residual[ITERS][VEC];  // the row stays in registers between phases
+    float c_x[ITERS][VEC];  // the row stays in registers between phases
 
     // ---- phase 0 ----
     float rs2 = 0.0f;
@@ -177,14 +205,14 @@ __device__ __forceinline__ void rg_deepnorm_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        float (&residual_v)[VEC] = residual_cache[it];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(residual_row, col0, residual_v);
-        float (&x_v)[VEC] = x_cache[it];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(x_row, col0, x_v);
+        float (&v_residual)[VEC] = c_residual[it];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
+        float (&v_x)[VEC] = c_x[it];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = alpha * residual_v[j];
-            const float t1 = x_v[j] + t0;
+            const float t0 = a_alpha * v_residual[j];
+            const float t1 = v_x[j] + t0;
             if (!TAIL || col0 + j < HIDDEN) {
                 rs2 += t1;
             }
@@ -199,12 +227,12 @@ __device__ __forceinline__ void rg_deepnorm_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&residual_v)[VEC] = residual_cache[it];
-        const float (&x_v)[VEC] = x_cache[it];
+        const float (&v_residual)[VEC] = c_residual[it];
+        const float (&v_x)[VEC] = c_x[it];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = alpha * residual_v[j];
-            const float t1 = x_v[j] + t0;
+            const float t0 = a_alpha * v_residual[j];
+            const float t1 = v_x[j] + t0;
             const float t5 = t1 - rs4;
             const float t6 = t5 * t5;
             if (!TAIL || col0 + j < HIDDEN) {
@@ -222,53 +250,53 @@ __device__ __forceinline__ void rg_deepnorm_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&residual_v)[VEC] = residual_cache[it];
-        const float (&x_v)[VEC] = x_cache[it];
-        float weight_v[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(weight, col0, weight_v);
-        float bias_v[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(bias, col0, bias_v);
-        float y_v[VEC];
+        const float (&v_residual)[VEC] = c_residual[it];
+        const float (&v_x)[VEC] = c_x[it];
+        float v_weight[VEC];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
+        float v_bias[VEC];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_bias, col0, v_bias);
+        float v_y[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = alpha * residual_v[j];
-            const float t1 = x_v[j] + t0;
+            const float t0 = a_alpha * v_residual[j];
+            const float t1 = v_x[j] + t0;
             const float t5 = t1 - rs4;
             const float t12 = rs11 * t5;
-            const float t13 = t12 * weight_v[j];
-            const float t14 = t13 + bias_v[j];
-            y_v[j] = t14;
+            const float t13 = t12 * v_weight[j];
+            const float t14 = t13 + v_bias[j];
+            v_y[j] = t14;
         }
-        if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(y_row, col0, y_v);
+        if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_y, col0, v_y);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(128, 1) rg_deepnorm_bf16_h4096_t128_r1_v8_reg(
-    float alpha,
-    const __nv_bfloat16* __restrict__ residual,
-    long long residual_stride,
-    const __nv_bfloat16* __restrict__ x,
-    long long x_stride,
-    const __nv_bfloat16* __restrict__ weight,
-    const __nv_bfloat16* __restrict__ bias,
-    __nv_bfloat16* __restrict__ y,
-    long long y_stride,
+    float a_alpha,
+    const __nv_bfloat16* __restrict__ p_residual,
+    long long s_residual,
+    const __nv_bfloat16* __restrict__ p_x,
+    long long s_x,
+    const __nv_bfloat16* __restrict__ p_weight,
+    const __nv_bfloat16* __restrict__ p_bias,
+    __nv_bfloat16* __restrict__ p_y,
+    long long s_y,
     long long rows)
 {
-    rg_deepnorm_bf16_h4096_t128_r1_v8_reg_body<true>(alpha, residual, residual_stride, x, x_stride, weight, bias, y, y_stride, rows);
+    rg_deepnorm_bf16_h4096_t128_r1_v8_reg_body<true>(a_alpha, p_residual, s_residual, p_x, s_x, p_weight, p_bias, p_y, s_y, rows);
 }
 
 extern "C" __global__ void __launch_bounds__(128, 1) rg_deepnorm_bf16_h4096_t128_r1_v8_reg_narrow(
-    float alpha,
-    const __nv_bfloat16* __restrict__ residual,
-    long long residual_stride,
-    const __nv_bfloat16* __restrict__ x,
-    long long x_stride,
-    const __nv_bfloat16* __restrict__ weight,
-    const __nv_bfloat16* __restrict__ bias,
-    __nv_bfloat16* __restrict__ y,
-    long long y_stride,
+    float a_alpha,
+    const __nv_bfloat16* __restrict__ p_residual,
+    long long s_residual,
+    const __nv_bfloat16* __restrict__ p_x,
+    long long s_x,
+    const __nv_bfloat16* __restrict__ p_weight,
+    const __nv_bfloat16* __restrict__ p_bias,
+    __nv_bfloat16* __restrict__ p_y,
+    long long s_y,
     long long rows)
 {
-    rg_deepnorm_bf16_h4096_t128_r1_v8_reg_body<false>(alpha, residual, residual_stride, x, x_stride, weight, bias, y, y_stride, rows);
+    rg_deepnorm_bf16_h4096_t128_r1_v8_reg_body<false>(a_alpha, p_residual, s_residual, p_x, s_x, p_weight, p_bias, p_y, s_y, rows);
 }

@@ -44,6 +44,12 @@
 #ifndef RG_DYNAMIC_SMEM  // resgen's CPU emulator provides its own
 #define RG_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
+// The emulator's sanitizer sees every memory access through RG_CHECK(address, bytes, write, line,
+// alignment), `line` being the emitted-source line that made it; on a GPU both compile to nothing.
+#ifndef RG_CHECK
+#define RG_CHECK(ptr, bytes, write, line, align) ((void)0)
+#define RG_CALLER_LINE 0
+#endif
 // Storage types convert to and from float32, where all arithmetic happens.
 template <typename T> struct rg_io;
 template <> struct rg_io<float> {
@@ -79,10 +85,11 @@ template <> struct rg_access<32> { using type = uint4; };
 // Read VEC consecutive elements of a row from column col0 into floats (0 past HIDDEN).
 // WIDE: the launch found every pointer and row stride aligned for VEC-element accesses.
 template <typename T, int VEC, int HIDDEN, bool WIDE>
-__device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC]) {
+__device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC], int line = RG_CALLER_LINE) {
     if (WIDE && col0 + VEC <= HIDDEN) {
         using A = typename rg_access<VEC * sizeof(T)>::type;
         constexpr int N = VEC * sizeof(T) / sizeof(A);
+        RG_CHECK(row + col0, VEC * sizeof(T), false, line, sizeof(A));
         A raw[N];
 #pragma unroll
         for (int i = 0; i < N; ++i) raw[i] = reinterpret_cast<const A*>(row + col0)[i];
@@ -92,19 +99,23 @@ __device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC
         for (int j = 0; j < VEC; ++j) out[j] = rg_io<T>::to_float(elems[j]);
     } else {
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) out[j] = col0 + j < HIDDEN ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
+        for (int j = 0; j < VEC; ++j) {
+            if (col0 + j < HIDDEN) RG_CHECK(row + col0 + j, sizeof(T), false, line, sizeof(T));
+            out[j] = col0 + j < HIDDEN ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
+        }
     }
 }
 
 // Write VEC floats, rounded to T, to columns col0.. of a row (nothing past HIDDEN).
 template <typename T, int VEC, int HIDDEN, bool WIDE>
-__device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC]) {
+__device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC], int line = RG_CALLER_LINE) {
     T elems[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) elems[j] = rg_io<T>::from_float(in[j]);
     if (WIDE && col0 + VEC <= HIDDEN) {
         using A = typename rg_access<VEC * sizeof(T)>::type;
         constexpr int N = VEC * sizeof(T) / sizeof(A);
+        RG_CHECK(row + col0, VEC * sizeof(T), true, line, sizeof(A));
         A raw[N];
         memcpy(raw, elems, sizeof(elems));
 #pragma unroll
@@ -112,15 +123,28 @@ __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC
     } else {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            if (col0 + j < HIDDEN) row[col0 + j] = elems[j];
+            if (col0 + j < HIDDEN) {
+                RG_CHECK(row + col0 + j, sizeof(T), true, line, sizeof(T));
+                row[col0 + j] = elems[j];
+            }
         }
     }
 }
 
+// One element of a row-scalar output, rounded to T.
+template <typename T>
+__device__ __forceinline__ void rg_store_one(T* at, float v, int line = RG_CALLER_LINE) {
+    RG_CHECK(at, sizeof(T), true, line, sizeof(T));
+    *at = rg_io<T>::from_float(v);
+}
+
 __device__ __forceinline__ float rg_neg_inf() { return __int_as_float((int)0xff800000u); }
 
+// torch.maximum: NaN in either operand gives NaN (fmaxf would drop it); equal operands give a.
+__device__ __forceinline__ float rg_fmax(float a, float b) { return (a < b || b != b) ? b : a; }
+
 struct rg_sum { static __device__ __forceinline__ float apply(float a, float b) { return a + b; } };
-struct rg_max { static __device__ __forceinline__ float apply(float a, float b) { return fmaxf(a, b); } };
+struct rg_max { static __device__ __forceinline__ float apply(float a, float b) { return rg_fmax(a, b); } };
 
 // Combine v over the TPR threads of one row. Butterfly shuffles give every lane the same bits;
 // rows wider than a warp meet in shared memory (`scratch` holds one slot per warp of the row).
@@ -130,8 +154,12 @@ __device__ __forceinline__ float rg_row_reduce(float v, float* scratch, int lane
     for (int m = (TPR < 32 ? TPR : 32) / 2; m > 0; m /= 2) v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, m));
     if (TPR > 32) {
         constexpr int WARPS = TPR / 32 > 0 ? TPR / 32 : 1;
-        if (lane % 32 == 0) scratch[lane / 32] = v;
+        if (lane % 32 == 0) {
+            RG_CHECK(scratch + lane / 32, 4, true, __LINE__, 4);
+            scratch[lane / 32] = v;
+        }
         __syncthreads();
+        RG_CHECK(scratch, 4 * WARPS, false, __LINE__, 4);
         v = scratch[0];
 #pragma unroll
         for (int w = 1; w < WARPS; ++w) v = Op::apply(v, scratch[w]);
@@ -143,16 +171,16 @@ __device__ __forceinline__ float rg_row_reduce(float v, float* scratch, int lane
 // otherwise the _narrow entry point below reads and writes element by element.
 template <bool WIDE>
 __device__ __forceinline__ void rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg_body(
-    const __nv_bfloat16* __restrict__ x,
-    long long x_stride,
-    const __nv_bfloat16* __restrict__ residual,
-    long long residual_stride,
-    const __nv_bfloat16* __restrict__ post_weight,
-    const __nv_bfloat16* __restrict__ pre_weight,
-    __nv_bfloat16* __restrict__ residual_out,
-    long long residual_out_stride,
-    __nv_bfloat16* __restrict__ y,
-    long long y_stride,
+    const __nv_bfloat16* __restrict__ p_x,
+    long long s_x,
+    const __nv_bfloat16* __restrict__ p_residual,
+    long long s_residual,
+    const __nv_bfloat16* __restrict__ p_post_weight,
+    const __nv_bfloat16* __restrict__ p_pre_weight,
+    __nv_bfloat16* __restrict__ p_residual_out,
+    long long s_residual_out,
+    __nv_bfloat16* __restrict__ p_y,
+    long long s_y,
     long long rows)
 {
     constexpr int HIDDEN = 4096;
@@ -169,14 +197,14 @@ __device__ __forceinline__ void rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg_bod
     const long long row = (long long)(blockIdx.x / CLUSTER) * ROWS_PER_CTA + slot;
     const bool in_row = row < rows;  // threads past the last row still join reductions, never store
     const long long src_row = in_row ? row : 0;  // they read row 0 instead, so every load stays in bounds
-    const __nv_bfloat16* x_row = x + src_row * x_stride;
-    const __nv_bfloat16* residual_row = residual + src_row * residual_stride;
-    __nv_bfloat16* residual_out_row = residual_out + src_row * residual_out_stride;
-    __nv_bfloat16* y_row = y + src_row * y_stride;
+    const __nv_bfloat16* r_x = p_x + src_row * s_x;
+    const __nv_bfloat16* r_residual = p_residual + src_row * s_residual;
+    __nv_bfloat16* r_residual_out = p_residual_out + src_row * s_residual_out;
+    __nv_bfloat16* r_y = p_y + src_row * s_y;
     RG_DYNAMIC_SMEM(rg_smem);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
-    float x_cache[ITERS][VEC];  // the row stays in registers between phases
-    float residual_cache[ITERS][VEC];  // the row stays in registers between phases
+    float c_x[ITERS][VEC];  // the row stays in registers between phases
+    float c_residual[ITERS][VEC];  // the row stays in registers between phases
 
     // ---- phase 0 ----
     float rs3 = 0.0f;
@@ -184,13 +212,13 @@ __device__ __forceinline__ void rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg_bod
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        float (&x_v)[VEC] = x_cache[it];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(x_row, col0, x_v);
-        float (&residual_v)[VEC] = residual_cache[it];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(residual_row, col0, residual_v);
+        float (&v_x)[VEC] = c_x[it];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
+        float (&v_residual)[VEC] = c_residual[it];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t2 = x_v[j] * x_v[j];
+            const float t2 = v_x[j] * v_x[j];
             if (!TAIL || col0 + j < HIDDEN) {
                 rs3 += t2;
             }
@@ -207,24 +235,24 @@ __device__ __forceinline__ void rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg_bod
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&x_v)[VEC] = x_cache[it];
-        const float (&residual_v)[VEC] = residual_cache[it];
-        float post_weight_v[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(post_weight, col0, post_weight_v);
-        float residual_out_v[VEC];
+        const float (&v_x)[VEC] = c_x[it];
+        const float (&v_residual)[VEC] = c_residual[it];
+        float v_post_weight[VEC];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_post_weight, col0, v_post_weight);
+        float v_residual_out[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t1 = 1.0f + post_weight_v[j];
-            const float t9 = x_v[j] * rs8;
+            const float t1 = 1.0f + v_post_weight[j];
+            const float t9 = v_x[j] * rs8;
             const float t10 = t1 * t9;
-            const float t11 = residual_v[j] + t10;
+            const float t11 = v_residual[j] + t10;
             const float t13 = t11 * t11;
-            residual_out_v[j] = t11;
+            v_residual_out[j] = t11;
             if (!TAIL || col0 + j < HIDDEN) {
                 rs14 += t13;
             }
         }
-        if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(residual_out_row, col0, residual_out_v);
+        if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual_out, col0, v_residual_out);
     }
     rs14 = rg_row_reduce<rg_sum, TPR>(rs14, scratch + (1 * ROWS_PER_CTA + slot) * WARPS, lane);
     const float rs15 = rs14 * 0.000244140625f;
@@ -236,56 +264,56 @@ __device__ __forceinline__ void rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg_bod
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&x_v)[VEC] = x_cache[it];
-        const float (&residual_v)[VEC] = residual_cache[it];
-        float post_weight_v[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(post_weight, col0, post_weight_v);
-        float pre_weight_v[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(pre_weight, col0, pre_weight_v);
-        float y_v[VEC];
+        const float (&v_x)[VEC] = c_x[it];
+        const float (&v_residual)[VEC] = c_residual[it];
+        float v_post_weight[VEC];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_post_weight, col0, v_post_weight);
+        float v_pre_weight[VEC];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_pre_weight, col0, v_pre_weight);
+        float v_y[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t1 = 1.0f + post_weight_v[j];
-            const float t9 = x_v[j] * rs8;
+            const float t1 = 1.0f + v_post_weight[j];
+            const float t9 = v_x[j] * rs8;
             const float t10 = t1 * t9;
-            const float t11 = residual_v[j] + t10;
-            const float t12 = pre_weight_v[j] + 1.0f;
+            const float t11 = v_residual[j] + t10;
+            const float t12 = v_pre_weight[j] + 1.0f;
             const float t18 = rs17 * t11;
             const float t19 = t12 * t18;
-            y_v[j] = t19;
+            v_y[j] = t19;
         }
-        if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(y_row, col0, y_v);
+        if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_y, col0, v_y);
     }
 }
 
 extern "C" __global__ void __launch_bounds__(128, 1) rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg(
-    const __nv_bfloat16* __restrict__ x,
-    long long x_stride,
-    const __nv_bfloat16* __restrict__ residual,
-    long long residual_stride,
-    const __nv_bfloat16* __restrict__ post_weight,
-    const __nv_bfloat16* __restrict__ pre_weight,
-    __nv_bfloat16* __restrict__ residual_out,
-    long long residual_out_stride,
-    __nv_bfloat16* __restrict__ y,
-    long long y_stride,
+    const __nv_bfloat16* __restrict__ p_x,
+    long long s_x,
+    const __nv_bfloat16* __restrict__ p_residual,
+    long long s_residual,
+    const __nv_bfloat16* __restrict__ p_post_weight,
+    const __nv_bfloat16* __restrict__ p_pre_weight,
+    __nv_bfloat16* __restrict__ p_residual_out,
+    long long s_residual_out,
+    __nv_bfloat16* __restrict__ p_y,
+    long long s_y,
     long long rows)
 {
-    rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg_body<true>(x, x_stride, residual, residual_stride, post_weight, pre_weight, residual_out, residual_out_stride, y, y_stride, rows);
+    rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg_body<true>(p_x, s_x, p_residual, s_residual, p_post_weight, p_pre_weight, p_residual_out, s_residual_out, p_y, s_y, rows);
 }
 
 extern "C" __global__ void __launch_bounds__(128, 1) rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg_narrow(
-    const __nv_bfloat16* __restrict__ x,
-    long long x_stride,
-    const __nv_bfloat16* __restrict__ residual,
-    long long residual_stride,
-    const __nv_bfloat16* __restrict__ post_weight,
-    const __nv_bfloat16* __restrict__ pre_weight,
-    __nv_bfloat16* __restrict__ residual_out,
-    long long residual_out_stride,
-    __nv_bfloat16* __restrict__ y,
-    long long y_stride,
+    const __nv_bfloat16* __restrict__ p_x,
+    long long s_x,
+    const __nv_bfloat16* __restrict__ p_residual,
+    long long s_residual,
+    const __nv_bfloat16* __restrict__ p_post_weight,
+    const __nv_bfloat16* __restrict__ p_pre_weight,
+    __nv_bfloat16* __restrict__ p_residual_out,
+    long long s_residual_out,
+    __nv_bfloat16* __restrict__ p_y,
+    long long s_y,
     long long rows)
 {
-    rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg_body<false>(x, x_stride, residual, residual_stride, post_weight, pre_weight, residual_out, residual_out_stride, y, y_stride, rows);
+    rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg_body<false>(p_x, s_x, p_residual, s_residual, p_post_weight, p_pre_weight, p_residual_out, s_residual_out, p_y, s_y, rows);
 }

@@ -9,6 +9,10 @@ from pathlib import Path
 
 from resgen.codegen.arch import DEFAULT_ARCH
 from resgen.errors import ResgenError, SpecError
+from resgen.runtime.cache import atomic_write
+
+SPEC_HELP = ("a catalog name (llama), path/to/file.py:name, package.module:name, or a textual-IR file "
+             "path/to/block.rgir as `resgen ir` prints it")
 
 
 def _cmd_catalog(args: argparse.Namespace) -> int:
@@ -81,17 +85,27 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from resgen.generate import stale_files, write_generated
+def _cmd_env(args: argparse.Namespace) -> int:
+    from resgen.runtime.toolkit import environment_report
 
-    out = Path(args.out)
+    for key, value in environment_report():
+        print(f"{key:<18} {value}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from resgen.generate import default_out, stale_files, write_generated
+
+    out = Path(args.out) if args.out else default_out()
     if args.check:
         stale = stale_files(out)
         for name in stale:
             print(f"stale: {out / name}")
         if stale:
             print("run `resgen generate` to update", file=sys.stderr)
-        return 1 if stale else 0
+            return 1
+        print(f"{out} is up to date ({len(list(out.glob('*.cu')))} files)")
+        return 0
     for name in write_generated(out):
         print(out / name)
     return 0
@@ -102,7 +116,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from resgen.verification import verify
 
     report = verify(resolve(args.spec, args.dtype), args.hidden, args.rows, backend=args.backend, seed=args.seed,
-                    config=args.config, arch=args.arch)
+                    config=args.config, arch=args.arch, sanitize=args.sanitize)
     print(report.table())
     return 0 if report.ok else 1
 
@@ -123,8 +137,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         if not entries:
             print(f"no tuned configs in {args.db or db.db_path()}")
         for key, r in sorted(entries.items()):
-            print(f"{key}\n    {r['config']}  {r['time_us']:.1f} us  {r['gbps']:.0f} GB/s  "
-                  f"{100 * r['frac_copy']:.1f}% of copy  ({r['date']})")
+            measured = (f"{r['time_us']:.1f} us  {r['gbps']:.0f} GB/s  {100 * r['frac_copy']:.1f}% of copy  "
+                        f"({r.get('date', 'no date')})" if all(k in r for k in db.ENTRY_KEYS[1:4]) else "(no timing)")
+            print(f"{key}\n    {r['config']}  {measured}")
         return 0
     if args.spec is None or args.hidden is None:
         raise SpecError("tune needs SPEC and --hidden (or --show)")
@@ -173,14 +188,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from resgen.spec import resolve
 
         reason = cuda_usable()
-        if reason is not None:
-            raise SpecError(f"bench measures on a GPU: {reason}; --from-json FILE renders stored results")
+        if reason is not None and not args.dry_run:
+            raise SpecError(f"bench measures on a GPU: {reason}; --from-json FILE renders stored results, "
+                            f"--dry-run goes through every step but the timing")
         cases = [bench.Case(s, resolve(s, args.dtype), args.dtype or "bf16") for s in args.spec.split(",")]
-        records = bench.run_bench(cases, args.hidden, args.rows, args.against.split(","), max_gb=args.max_gb)
-        if args.json:
-            Path(args.json).write_text(json.dumps(records, indent=1))
+
+        def checkpoint(records: list[dict], block_done: bool) -> None:
+            if args.json:
+                atomic_write(Path(args.json), json.dumps(records, indent=1).encode())
+            if block_done and args.plot and records:
+                bench.plot(records, Path(args.plot))
+
+        records = bench.run_bench(cases, args.hidden, args.rows, args.against.split(","), max_gb=args.max_gb,
+                                  checkpoint=checkpoint, dry_run=args.dry_run)
     print(bench.table(records))
-    if args.plot:
+    if args.plot and records:
         bench.plot(records, Path(args.plot))
         print(f"plot written to {args.plot}")
     return 0
@@ -191,11 +213,12 @@ def _add_kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, required=True, help="hidden size to specialize for")
     p.add_argument("--arch", default=None, help="GPU architecture (sm_80, sm_89, sm_90, sm_100, ...; default: "
                    "the GPU's own, or sm_90)")
-    p.add_argument("--config", default=None, help="launch config overrides: tpr=256,rows=1,vec=8,cache=registers")
+    p.add_argument("--config", default=None, help="launch config overrides, e.g. tpr=256,rows=1,vec=8,cache=registers,"
+                   "cluster=1 (keys tpr, rows, vec, cache, cluster; fields you leave out are chosen to fit yours)")
 
 
 def _add_spec(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", metavar="SPEC", help="catalog name, path/to/file.py:name or package.module:name")
+    p.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     p.add_argument("--dtype", default=None, help="storage dtype for catalog blocks and factories (default bf16)")
 
 
@@ -233,13 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=64, help="rows of random input (default 64)")
     p.add_argument("--backend", default="auto", choices=["auto", "cuda", "emu"], help="where to run (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs and of dropout")
+    p.add_argument("--sanitize", action="store_true", help="emu only: report out-of-bounds and misaligned "
+                   "accesses, shared-memory races, bad shuffle masks, partial barriers and exited-CTA reads at "
+                   "their source lines, and run three schedules that must agree bitwise")
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("tune", help="search launch configs and store the fastest",
                        description="Enumerate launch configs, drop those the plan rejects or whose NVRTC "
                                    "report shows spills or low occupancy, verify and time the rest on the GPU, "
                                    "store the best in the tuning database (rg.compile uses it).")
-    p.add_argument("spec", metavar="SPEC", nargs="?", help="catalog name, path/to/file.py:name or module:name")
+    p.add_argument("spec", metavar="SPEC", nargs="?", help=SPEC_HELP)
     p.add_argument("--dtype", default=None, help="storage dtype for catalog blocks and factories (default bf16)")
     p.add_argument("--hidden", type=int, default=None, help="hidden size")
     p.add_argument("--rows", type=int, default=32768, help="rows to time with (default 32768)")
@@ -264,11 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="write a PNG plot here")
     p.add_argument("--from-json", default=None, help="render the table/plot of stored records (no GPU needed)")
     p.add_argument("--max-gb", type=float, default=48.0, help="skip shapes moving more than this many GB per call")
+    p.add_argument("--dry-run", action="store_true", help="no GPU: generate and build every kernel (emu), count bytes, "
+                   "write records, table and plot, but time nothing (records say dry_run)")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("env", help="show the toolchain resgen found",
+                       description="Print versions, the GPU and driver, NVRTC's library and version, the CUDA "
+                                   "header folders and the host compiler: what resgen compiles and runs with.")
+    p.set_defaults(func=_cmd_env)
 
     p = sub.add_parser("generate", help="rewrite generated/ (the catalog's emitted CUDA)",
                        description="Write the emitted CUDA of every catalog block to generated/.")
-    p.add_argument("--out", default="generated", help="folder to write (default: generated)")
+    p.add_argument("--out", default=None, help="folder to write (default: generated/ of the resgen checkout)")
     p.add_argument("--check", action="store_true", help="only report stale files; exit 1 when any")
     p.set_defaults(func=_cmd_generate)
 
@@ -283,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         return func(args)
     except ResgenError as exc:
         print(f"resgen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the user named cannot be read or written
+        where = f" {exc.filename!r}" if exc.filename else ""
+        print(f"resgen {args.command}: error:{where} {exc.strerror or exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

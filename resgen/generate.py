@@ -6,11 +6,20 @@ from pathlib import Path
 
 from resgen.catalog import catalog
 from resgen.codegen import emit
+from resgen.errors import SpecError
 from resgen.ir.dtypes import bf16
 
 #: (hidden sizes, dtype, arch) the committed files are emitted for: a common size and an odd one.
 GENERATED_HIDDEN = (4096, 4097)
 GENERATED_ARCH = "sm_90"
+
+
+def default_out() -> Path:
+    """generated/ of the source checkout resgen runs from, wherever the command is run."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "generated").is_dir():
+        return root / "generated"
+    raise SpecError("resgen is not running from a source checkout, which holds generated/; pass --out FOLDER")
 
 
 def generated_files() -> dict[str, str]:
@@ -24,6 +33,8 @@ def generated_files() -> dict[str, str]:
 
 def stale_files(out: Path) -> list[str]:
     """Names under `out` that differ from what resgen emits now, are missing, or are left over."""
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"{out} is not a folder")
     want = generated_files()
     have = {p.name for p in out.glob("*.cu")} if out.is_dir() else set()
     differ = [n for n, text in want.items() if not (out / n).is_file() or (out / n).read_text() != text]

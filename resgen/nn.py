@@ -44,18 +44,28 @@ class _FusedAddNorm(nn.Module):
         self.hidden = hidden
         self.dtype = as_dtype(dtype, what="dtype")
         self.residual_in_fp32 = residual_in_fp32
-        self._kernels: dict[torch.device, Kernel] = {}
+        self._kernels: dict[tuple, Kernel] = {}
 
     def _block(self) -> Block:
         raise NotImplementedError
 
+    def _settings(self) -> tuple:
+        """What the compiled block depends on besides the device: a change (eps, say) recompiles."""
+        return (self.dtype, self.residual_in_fp32, getattr(self, "eps", None), getattr(self, "offset", None),
+                getattr(self, "bias", None) is not None)
+
     def _kernel(self, device: torch.device) -> Kernel:
-        kernel = self._kernels.get(device)
+        key = (device, self._settings())
+        kernel = self._kernels.get(key)
         if kernel is None:
             backend = "cuda" if device.type == "cuda" else "emu"
             kernel = compile(self._block(), self.hidden, backend=backend)
-            self._kernels[device] = kernel
+            self._kernels[key] = kernel
         return kernel
+
+    def kernel_for(self, device: torch.device | str) -> Kernel:
+        """The kernel this module runs on `device` with its current settings (compiled on first use)."""
+        return self._kernel(torch.device(device))
 
     def _build(self, b: Block) -> tuple[Any, Any]:
         residual_dtype = f32 if self.residual_in_fp32 else self.dtype
@@ -74,7 +84,8 @@ class _FusedAddNorm(nn.Module):
 class FusedAddRMSNorm(_FusedAddNorm):
     """y = rms_norm(x + residual) * (offset + weight); returns (y, x + residual).
 
-    offset=1.0 gives Gemma's (1 + weight); residual_in_fp32 keeps the residual stream in float32.
+    offset=1.0 gives Gemma's (1 + weight). residual_in_fp32=True: the residual stream is float32 —
+    pass `residual` as float32, and the returned residual is float32 (x and y stay in `dtype`).
     """
 
     def __init__(self, hidden: int, eps: float = 1e-6, dtype: torch.dtype = torch.bfloat16, offset: float = 0.0,

@@ -113,9 +113,11 @@ def bind(block: Block, kwargs: Mapping[str, Any], *, allow_outputs: bool = False
             raise LaunchError(f"argument {name!r} must have shape {list(expected)} ({what}, hidden={hidden}), got {list(t.shape)}")
     if hidden < 1:
         raise LaunchError(f"argument {row_inputs[0]!r}: hidden size must be >= 1, got {hidden}")
-    devices = {t.device for t in tensors.values()}
-    if len(devices) > 1:
-        raise LaunchError(f"all tensor arguments must be on one device, got {sorted(map(str, devices))}")
+    device = first.device
+    for name, t in tensors.items():
+        if t.device != device:
+            raise LaunchError(f"argument {name!r} is on {t.device}, but {row_inputs[0]!r} is on {device}; "
+                              f"all tensor arguments must be on one device")
 
     outs: dict[str, torch.Tensor] = {}
     for name in outputs:

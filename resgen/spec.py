@@ -24,6 +24,8 @@ def resolve(spec: str, dtype: DType | str | None = None) -> Block:
                             f"and not of the form file.py:name or module:name")
         return catalog[spec](dt)
     where, _, attr = spec.rpartition(":")
+    if not where or not attr.isidentifier():
+        raise SpecError(f"SPEC {spec!r}: expected file.py:name or module:name, with both parts")
     module = _load_file(where) if where.endswith(".py") else _import(where)
     if not hasattr(module, attr):
         raise SpecError(f"SPEC {spec!r}: {where} has no attribute {attr!r}")
@@ -45,9 +47,14 @@ def _load_ir(path: str, dtype: DType | str | None) -> Block:
     if dtype is not None:
         raise SpecError(f"SPEC {path!r} is textual IR with fixed dtypes; --dtype does not apply")
     try:
-        return parse_block(Path(path).read_text())
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise SpecError(f"SPEC file {path!r} does not exist") from None
+    except IsADirectoryError:
+        raise SpecError(f"SPEC {path!r} is a directory, not a textual-IR file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"SPEC file {path!r} cannot be read: {exc}") from None
+    return parse_block(text)
 
 
 def _load_file(path: str) -> object:
@@ -67,5 +74,5 @@ def _load_file(path: str) -> object:
 def _import(name: str) -> object:
     try:
         return importlib.import_module(name)
-    except ImportError as exc:
+    except (ImportError, ValueError) as exc:
         raise SpecError(f"SPEC module {name!r} cannot be imported: {exc}") from exc

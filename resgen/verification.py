@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from resgen.codegen import LaunchConfig
+from resgen.errors import BackendUnavailableError, LaunchError
 from resgen.ir.block import Block
 from resgen.ir.dtypes import DType, bf16, f16, f32
 from resgen.ir.nodes import Kind
 from resgen.reference import reference
+
+if TYPE_CHECKING:
+    from resgen.runtime.kernel import Kernel
 
 #: Per storage dtype: (tolerance on ||out - ref|| / ||ref||, tolerance on max |out - ref| / max(1, max |ref|)).
 #: Outputs are compared after rounding, so a one-ulp difference of the storage dtype must pass.
@@ -44,10 +50,12 @@ class VerifyReport:
     kernel: str
     config: LaunchConfig
     outputs: tuple[OutputCheck, ...]
+    hazards: tuple[str, ...] = ()  # what the sanitizer found (sanitize=True), each a readable paragraph
+    schedules: tuple[str, ...] = ()  # the emulator schedules the kernel ran under (sanitize=True)
 
     @property
     def ok(self) -> bool:
-        return all(o.ok for o in self.outputs)
+        return all(o.ok for o in self.outputs) and not self.hazards
 
     def __getitem__(self, name: str) -> OutputCheck:
         return next(o for o in self.outputs if o.name == name)
@@ -59,6 +67,10 @@ class VerifyReport:
             verdict = "ok" if o.ok else "FAIL" if o.guard_ok else "FAIL (wrote outside the output)"
             lines.append(f"{o.name:<16} {o.dtype.name:<5} {o.max_abs:>11.3e} {o.max_abs_tol:>9.1e} "
                          f"{o.rel_norm:>12.3e} {o.rel_norm_tol:>9.1e}  {verdict}")
+        if self.schedules:
+            lines.append(f"sanitizer: ran under the {', '.join(self.schedules)} schedules; "
+                         f"{len(self.hazards) or 'no'} hazard(s)")
+            lines += [f"  {h}" for h in self.hazards]
         lines.append("PASS" if self.ok else "FAIL")
         return "\n".join(lines)
 
@@ -121,28 +133,83 @@ def untouched_outside(view: torch.Tensor, backing: torch.Tensor) -> bool:
 
 
 def verify(block: Block, hidden: int, rows: int, backend: str = "auto", seed: int = 0,
-           config: LaunchConfig | str | None = None, arch: str | None = None) -> VerifyReport:
+           config: LaunchConfig | str | None = None, arch: str | None = None,
+           sanitize: bool = False) -> VerifyReport:
     """Compile `block`, run it and the reference on fresh random inputs, and compare every output.
 
     Outputs are preallocated, poisoned with NaN and surrounded by poisoned guards (row outputs with
     a gap between rows): an element the kernel never writes fails, and so does any write outside
     the output. Dropout runs with its real p, keyed by `seed`.
+
+    sanitize (emu backend): the kernel is built with the emulator's sanitizer, which reports
+    out-of-bounds and misaligned accesses, shared-memory races, shuffles naming exited lanes,
+    barriers some threads never reach and reads of an exited cluster CTA's shared memory, each at
+    its line of the emitted source; and it runs under three schedules (in order, reversed, random
+    with eager barrier release), whose outputs must be bitwise equal.
     """
     from resgen.runtime.kernel import compile
 
-    kernel = compile(block, hidden, backend=backend, config=config, arch=arch)
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+        raise LaunchError(f"verify: argument 'rows' must be an int >= 0, got {rows!r}")
+    if sanitize and backend not in ("auto", "emu"):
+        raise BackendUnavailableError(f"verify: sanitize=True runs on the emu backend, not {backend!r}")
+    kernel = compile(block, hidden, backend="emu" if sanitize else backend, config=config, arch=arch,
+                     sanitize=sanitize)
+    return verify_kernel(kernel, rows, seed=seed)
+
+
+def verify_kernel(kernel: Kernel, rows: int, seed: int = 0) -> VerifyReport:
+    """`verify` for an already built kernel (sanitized when its emu backend was built so)."""
+    block, hidden = kernel.block, kernel.hidden
+    sanitize = getattr(kernel._backend, "sanitize", False)
     device = "cuda" if kernel.backend == "cuda" else "cpu"
     args = random_inputs(block, (rows,), hidden, seed=seed, device=device)
     want = reference(block, **args, seed=seed)
-    call = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
-    backings = {}
-    for o in block.outputs:
-        if not o.inplace:
-            shape = (rows, hidden) if o.node.kind is Kind.ROW else (rows,)
-            call[o.name], backings[o.name] = guarded_output(shape, o.dtype.torch_dtype, device)
-    got = kernel(**call, seed=seed)
+
+    def run() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        call = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+        backings = {}
+        for o in block.outputs:
+            if not o.inplace:
+                shape = (rows, hidden) if o.node.kind is Kind.ROW else (rows,)
+                call[o.name], backings[o.name] = guarded_output(shape, o.dtype.torch_dtype, device)
+        got = kernel(**call, seed=seed)
+        return {o.name: got[o.name] for o in block.outputs}, backings
+
+    got, backings = run()
     checks = tuple(
         replace(compare(o.name, o.dtype, got[o.name], want[o.name]),
                 guard_ok=o.name not in backings or untouched_outside(got[o.name], backings[o.name]))
         for o in block.outputs)
-    return VerifyReport(block.name, hidden, rows, kernel.backend, kernel.name, kernel.config, checks)
+    hazards: list[str] = []
+    schedules: tuple[str, ...] = ()
+    if sanitize:
+        hazards, schedules = _sanitize(kernel, got, run, seed)
+    return VerifyReport(block.name, hidden, rows, kernel.backend, kernel.name, kernel.config, checks,
+                        tuple(hazards), schedules)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().view(torch.uint8)
+
+
+def _sanitize(kernel: Kernel, first: dict[str, torch.Tensor], run: Callable[[], tuple[dict, dict]],
+              seed: int) -> tuple[list[str], tuple[str, ...]]:
+    """Hazards of the forward run, then of a reversed and a random schedule, plus every output that
+    is not bitwise equal across schedules (a race the instrumentation did not see)."""
+    backend = kernel._backend
+    hazards = [str(h) for h in backend.hazards()]
+    schedules = ("forward", "reverse", "random")
+    for schedule in schedules[1:]:
+        backend.set_schedule(schedule, seed)
+        try:
+            outputs, _ = run()
+        finally:
+            backend.set_schedule("forward")
+        hazards += [str(h) for h in backend.hazards() if str(h) not in hazards]
+        for name, value in outputs.items():
+            if not torch.equal(_bits(value), _bits(first[name])):
+                differ = (value.float() != first[name].float()) & ~(value.isnan() & first[name].isnan())
+                hazards.append(f"schedule-dependent result: output {name!r} differs in {int(differ.sum())} element(s) "
+                               f"between the forward and {schedule} schedules (a race)")
+    return hazards, schedules

@@ -12,7 +12,7 @@ __device__ __forceinline__ void rg_cluster_sync() {
 }
 
 // The float at the same shared-memory address as `local`, in CTA `rank` of this cluster.
-__device__ __forceinline__ float rg_cluster_load(const float* local, unsigned rank) {
+__device__ __forceinline__ float rg_cluster_load(const float* local, unsigned rank, int line = RG_CALLER_LINE) {
     const unsigned address = (unsigned)__cvta_generic_to_shared(local);
     unsigned remote;
     float value;
@@ -26,7 +26,7 @@ __device__ __forceinline__ float rg_cluster_load(const float* local, unsigned ra
 // of every CTA gets the same bits. `partial` is this reduction's slot in dynamic shared memory.
 template <typename Op, int CLUSTER>
 __device__ __forceinline__ float rg_cluster_reduce(float v, float* partial, bool leader) {
-    if (leader) *partial = v;
+    if (leader) { RG_CHECK(partial, 4, true, __LINE__); *partial = v; }
     rg_cluster_sync();
     float total = rg_cluster_load(partial, 0);
 #pragma unroll

@@ -2,6 +2,15 @@
 #ifndef RG_DYNAMIC_SMEM  // resgen's CPU emulator provides its own
 #define RG_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
+// The emulator's sanitizer sees every memory access through RG_CHECK(address, bytes, write, line),
+// `line` being the emitted-source line that made it, and every vector access through
+// RG_ALIGNED(address, alignment, line) (a misaligned one is reported and done element by element
+// instead); on a GPU they compile to nothing.
+#ifndef RG_CHECK
+#define RG_CHECK(ptr, bytes, write, line) ((void)0)
+#define RG_ALIGNED(ptr, align, line) true
+#define RG_CALLER_LINE 0
+#endif
 // Storage types convert to and from float32, where all arithmetic happens.
 template <typename T> struct rg_io;
 template <> struct rg_io<float> {
@@ -37,10 +46,11 @@ template <> struct rg_access<32> { using type = uint4; };
 // Read VEC consecutive elements of a row from column col0 into floats (0 past HIDDEN).
 // WIDE: the launch found every pointer and row stride aligned for VEC-element accesses.
 template <typename T, int VEC, int HIDDEN, bool WIDE>
-__device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC]) {
-    if (WIDE && col0 + VEC <= HIDDEN) {
-        using A = typename rg_access<VEC * sizeof(T)>::type;
+__device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC], int line = RG_CALLER_LINE) {
+    using A = typename rg_access<VEC * sizeof(T)>::type;
+    if (WIDE && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
         constexpr int N = VEC * sizeof(T) / sizeof(A);
+        RG_CHECK(row + col0, VEC * sizeof(T), false, line);
         A raw[N];
 #pragma unroll
         for (int i = 0; i < N; ++i) raw[i] = reinterpret_cast<const A*>(row + col0)[i];
@@ -50,19 +60,23 @@ __device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC
         for (int j = 0; j < VEC; ++j) out[j] = rg_io<T>::to_float(elems[j]);
     } else {
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) out[j] = col0 + j < HIDDEN ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
+        for (int j = 0; j < VEC; ++j) {
+            if (col0 + j < HIDDEN) RG_CHECK(row + col0 + j, sizeof(T), false, line);
+            out[j] = col0 + j < HIDDEN ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
+        }
     }
 }
 
 // Write VEC floats, rounded to T, to columns col0.. of a row (nothing past HIDDEN).
 template <typename T, int VEC, int HIDDEN, bool WIDE>
-__device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC]) {
+__device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC], int line = RG_CALLER_LINE) {
     T elems[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) elems[j] = rg_io<T>::from_float(in[j]);
-    if (WIDE && col0 + VEC <= HIDDEN) {
-        using A = typename rg_access<VEC * sizeof(T)>::type;
+    using A = typename rg_access<VEC * sizeof(T)>::type;
+    if (WIDE && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
         constexpr int N = VEC * sizeof(T) / sizeof(A);
+        RG_CHECK(row + col0, VEC * sizeof(T), true, line);
         A raw[N];
         memcpy(raw, elems, sizeof(elems));
 #pragma unroll
@@ -70,15 +84,28 @@ __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC
     } else {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            if (col0 + j < HIDDEN) row[col0 + j] = elems[j];
+            if (col0 + j < HIDDEN) {
+                RG_CHECK(row + col0 + j, sizeof(T), true, line);
+                row[col0 + j] = elems[j];
+            }
         }
     }
 }
 
+// One element of a row-scalar output, rounded to T.
+template <typename T>
+__device__ __forceinline__ void rg_store_one(T* at, float v, int line = RG_CALLER_LINE) {
+    RG_CHECK(at, sizeof(T), true, line);
+    *at = rg_io<T>::from_float(v);
+}
+
 __device__ __forceinline__ float rg_neg_inf() { return __int_as_float((int)0xff800000u); }
 
+// torch.maximum: NaN in either operand gives NaN (fmaxf would drop it); equal operands give a.
+__device__ __forceinline__ float rg_fmax(float a, float b) { return (a < b || b != b) ? b : a; }
+
 struct rg_sum { static __device__ __forceinline__ float apply(float a, float b) { return a + b; } };
-struct rg_max { static __device__ __forceinline__ float apply(float a, float b) { return fmaxf(a, b); } };
+struct rg_max { static __device__ __forceinline__ float apply(float a, float b) { return rg_fmax(a, b); } };
 
 // Combine v over the TPR threads of one row. Butterfly shuffles give every lane the same bits;
 // rows wider than a warp meet in shared memory (`scratch` holds one slot per warp of the row).
@@ -88,9 +115,9 @@ __device__ __forceinline__ float rg_row_reduce(float v, float* scratch, int lane
     for (int m = (TPR < 32 ? TPR : 32) / 2; m > 0; m /= 2) v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, m));
     if (TPR > 32) {
         constexpr int WARPS = TPR / 32 > 0 ? TPR / 32 : 1;
-        if (lane % 32 == 0) scratch[lane / 32] = v;
+        if (lane % 32 == 0) { RG_CHECK(scratch + lane / 32, 4, true, __LINE__); scratch[lane / 32] = v; }
         __syncthreads();
-        v = scratch[0];
+        RG_CHECK(scratch, 4 * WARPS, false, __LINE__); v = scratch[0];
 #pragma unroll
         for (int w = 1; w < WARPS; ++w) v = Op::apply(v, scratch[w]);
     }

@@ -9,9 +9,19 @@ import resgen as rg
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("RESGEN_UPDATE_GOLDEN") == "1"
+#: Set by scripts/gpu_check.sh: on the device, a `gpu` test that would skip is a failure, so a broken
+#: CUDA or CuPy install cannot pass as green.
+REQUIRE_GPU = os.environ.get("RESGEN_REQUIRE_GPU") == "1"
 
 DTYPES = [rg.f32, rg.f16, rg.bf16]
 CATALOG = list(rg.catalog)
+#: The device-test logic runs on both backends: emu in every CI run, cuda where a GPU is usable.
+BACKENDS = ["emu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def device_of(backend: str) -> str:
+    """The torch device a backend's tensors live on."""
+    return "cuda" if backend == "cuda" else "cpu"
 
 
 def check_golden(path: Path, text: str) -> None:
@@ -24,13 +34,36 @@ def check_golden(path: Path, text: str) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `gpu` skip, saying why, where resgen's cuda backend cannot run."""
+    """Tests marked `gpu` skip, saying why, where resgen's cuda backend cannot run (with
+    RESGEN_REQUIRE_GPU=1 they fail instead)."""
     from resgen.runtime.kernel import cuda_usable
 
     reason = cuda_usable()
     if reason is None:
         return
-    skip = pytest.mark.skip(reason=f"gpu test: {reason}; scripts/gpu_check.sh runs these on a GPU machine")
+    if REQUIRE_GPU:
+        return  # pytest_runtest_setup fails them instead
     for item in items:
         if "gpu" in item.keywords:
-            item.add_marker(skip)
+            item.add_marker(pytest.mark.skip(
+                reason=f"gpu test: {reason}; scripts/gpu_check.sh runs these on a GPU machine"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """With RESGEN_REQUIRE_GPU=1, a `gpu` test on a machine where the cuda backend is unusable fails."""
+    if REQUIRE_GPU and "gpu" in item.keywords:
+        from resgen.runtime.kernel import cuda_usable
+
+        reason = cuda_usable()
+        if reason is not None:
+            pytest.fail(f"RESGEN_REQUIRE_GPU=1 but the cuda backend is unusable: {reason}", pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """With RESGEN_REQUIRE_GPU=1, a `gpu` test that skipped itself (pytest.skip, importorskip) fails."""
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_GPU and report.skipped and "gpu" in item.keywords:
+        report.outcome = "failed"
+        report.longrepr = f"RESGEN_REQUIRE_GPU=1: gpu test skipped instead of running: {report.longrepr}"

@@ -34,6 +34,9 @@ class RecordingDriver:
     def moduleGetFunction(self, module: int, name: str) -> int:  # noqa: N802
         return hash((module, name)) & 0xFFFF
 
+    def ctxGetCurrent(self) -> int:  # noqa: N802
+        return 0xC0DE
+
     def funcSetAttribute(self, function: int, attribute: int, value: int) -> None:  # noqa: N802
         self.attributes.append((function, attribute, value))
 
@@ -46,7 +49,7 @@ class RecordingDriver:
 @pytest.fixture
 def driver(monkeypatch):
     recording = RecordingDriver()
-    for name in ("moduleLoadData", "moduleGetFunction", "funcSetAttribute", "launchKernel"):
+    for name in ("moduleLoadData", "moduleGetFunction", "funcSetAttribute", "launchKernel", "ctxGetCurrent"):
         monkeypatch.setattr(cupy_driver, name, getattr(recording, name))
     monkeypatch.setattr("cupy.cuda.Device", lambda index: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)

@@ -1,11 +1,15 @@
-"""The cuda backend on a real GPU (marked `gpu`: skipped, with the reason, where none is usable).
+"""The device tests: every check that scripts/gpu_check.sh runs on a GPU.
 
-scripts/gpu_check.sh runs these on a GPU machine.
+Each test's logic runs on both backends (`backend` is "emu" in every CI run, and "cuda", marked
+`gpu`, where a GPU is usable), so a broken test body fails CI instead of waiting for a GPU. Only
+what truly needs a device is GPU-only: CUDA graphs, streams, the tuner's timing, the benchmark,
+and emu-vs-cuda agreement. Sizes are smaller on emu, where every thread is a CPU fiber.
 """
 
 from __future__ import annotations
 
 import shutil
+import threading
 
 import pytest
 import torch
@@ -13,58 +17,134 @@ import torch
 import resgen as rg
 from resgen.nn import FusedAddLayerNorm, FusedAddRMSNorm
 from resgen.verification import compare, random_inputs
-from tests.conftest import CATALOG, DTYPES
+from tests.conftest import BACKENDS, CATALOG, DTYPES, device_of
 
-pytestmark = pytest.mark.gpu
+gpu = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("hidden", [1000, 4096, 4097, 16384, 65536])
+def per_backend(emu: list, cuda: list) -> list:
+    """(backend, value) parameters: `emu` values on the emulator, `cuda` values on a GPU."""
+    return [pytest.param("emu", v, id=f"emu-{v}") for v in emu] + [
+        pytest.param("cuda", v, id=f"cuda-{v}", marks=gpu) for v in cuda]
+
+
+@pytest.mark.parametrize("backend, hidden", per_backend([1000, 4097], [1000, 4096, 4097, 16384, 65536]))
 @pytest.mark.parametrize("dt", DTYPES, ids=str)
 @pytest.mark.parametrize("name", CATALOG)
-def test_catalog_verifies_on_cuda(name, dt, hidden):
+def test_catalog_verifies(backend, hidden, dt, name):
     for rows in (1, 37):
-        report = rg.verify(rg.catalog[name](dt), hidden, rows, backend="cuda", seed=rows)
+        report = rg.verify(rg.catalog[name](dt), hidden, rows, backend=backend, seed=rows)
         assert report.ok, report.table()
 
 
-@pytest.mark.parametrize("config", ["cache=registers", "cache=smem", "cache=global", "tpr=32,rows=4",
-                                    "tpr=256,rows=1,cache=smem,cluster=2", "tpr=128,rows=1,cache=registers,cluster=4"])
-def test_config_families_verify_on_cuda(config):
-    report = rg.verify(rg.catalog.gpt2(rg.bf16), 4096, 300, backend="cuda", config=config)
+FAMILY_CONFIGS = ["cache=registers", "cache=smem", "cache=global", "tpr=32,rows=4,cache=smem",
+                  "tpr=256,rows=1,cache=smem,cluster=2", "tpr=128,rows=1,cache=registers,cluster=4"]
+
+
+@pytest.mark.parametrize("config", FAMILY_CONFIGS)
+@pytest.mark.parametrize("backend, rows", per_backend([37], [300]))
+def test_config_families_verify(backend, rows, config):
+    report = rg.verify(rg.catalog.gpt2(rg.bf16), 4096, rows, backend=backend, config=config)
     assert report.ok, report.table()
 
 
+@pytest.mark.parametrize("backend, rows", per_backend([2], [9]))
 @pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
-def test_cluster_kernels_for_very_large_rows(name):
-    report = rg.verify(rg.catalog[name](rg.bf16), 262144, 9, backend="cuda",
+def test_cluster_kernels_for_very_large_rows(backend, rows, name):
+    report = rg.verify(rg.catalog[name](rg.bf16), 262144, rows, backend=backend,
                        config="tpr=1024,rows=1,vec=8,cache=smem,cluster=8")
     assert report.ok, report.table()
 
 
-def test_large_shared_memory_cache_opts_in_past_48k():
-    k = rg.compile(rg.catalog.parallel_residual(rg.f32), 16384, backend="cuda", config="tpr=512,cache=smem")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_shared_memory_cache_opts_in_past_48k(backend):
+    block = rg.catalog.parallel_residual(rg.f32)
+    k = rg.compile(block, 16384, backend=backend, config="tpr=512,cache=smem")
     assert k.plan.smem_bytes > 48 * 1024
-    report = rg.verify(rg.catalog.parallel_residual(rg.f32), 16384, 33, backend="cuda", config=k.config)
+    report = rg.verify(block, 16384, 33, backend=backend, config=k.config)
     assert report.ok, report.table()
 
 
-def test_in_place_strided_and_misaligned_inputs():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_in_place_strided_and_misaligned_inputs(backend):
     block = rg.catalog.llama_fp32_residual(rg.bf16)
-    k = rg.compile(block, 1024, backend="cuda")
-    big = random_inputs(block, (6, 4), 1032, seed=1, device="cuda")
-    args = {"x": big["x"][:, ::2, 8:], "residual": big["residual"][:, :, :1024].clone(), "weight": big["weight"][:1024]}
+    k = rg.compile(block, 1024, backend=backend)
+    big = random_inputs(block, (6, 4), 1032, seed=1, device=device_of(backend))
+    # Every view is [6, 2, 1024] with one row stride of 2 x 1032 elements; residual is written in place.
+    args = {"x": big["x"][:, ::2, 8:], "residual": big["residual"][:, 1::2, :1024], "weight": big["weight"][:1024]}
     want = rg.reference(block, **args)
     residual = args["residual"]
     got = k(**args)
     assert got.residual_out.data_ptr() == residual.data_ptr()
     assert compare("residual_out", rg.f32, residual, want.residual_out).ok
     assert compare("y", rg.bf16, got.y, want.y).ok
-    shifted = {**args, "x": big["x"][:, ::2, 1:1025], "residual": big["residual"][:, :, :1024].clone()}
+    shifted = {**args, "x": big["x"][:, ::2, 1:1025], "residual": big["residual"][:, ::2, :1024]}
     assert k.prepare(**shifted).entry.name.endswith("_narrow")
     want = rg.reference(block, **shifted)
     assert compare("y", rg.bf16, k(**shifted).y, want.y).ok
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dropout_masks_match_the_reference(backend):
+    block = rg.catalog.bert(rg.f32)
+    k = rg.compile(block, 1000, backend=backend)
+    args = random_inputs(block, (37,), 1000, seed=6, device=device_of(backend))
+    got, want = k(**args, seed=99, offset=5), rg.reference(block, **args, seed=99, offset=5)
+    assert compare("y", rg.f32, got.y, want.y).ok
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_modules_run_on_the_tensors_device(backend):
+    device = device_of(backend)
+    with torch.no_grad():
+        for module, dtype in ((FusedAddRMSNorm(4096, dtype=torch.bfloat16), rg.bf16),
+                              (FusedAddLayerNorm(4096, dtype=torch.float16, residual_in_fp32=True), rg.f16)):
+            module = module.to(device)
+            x = torch.randn(8, 4096, device=device, dtype=dtype.torch_dtype)
+            r = torch.randn(8, 4096, device=device, dtype=torch.float32 if module.residual_in_fp32 else x.dtype)
+            y, residual = module(x, r)
+            assert y.device.type == device and residual.dtype == r.dtype
+            assert module.kernel_for(x.device).backend == backend
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_device_mismatch_names_the_argument(backend):
+    k = rg.compile(rg.catalog.llama(rg.bf16), 256, backend=backend)
+    args = random_inputs(rg.catalog.llama(rg.bf16), (4,), 256, device=device_of(backend))
+    args["weight"] = args["weight"].to("meta")
+    with pytest.raises(rg.LaunchError, match="'weight' is on meta"):
+        k(**args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_thread_that_never_used_the_device_can_launch(backend):
+    block = rg.catalog.llama(rg.bf16)
+    k = rg.compile(block, 512, backend=backend)
+    args = random_inputs(block, (16,), 512, seed=3, device=device_of(backend))
+    results: list[object] = []
+
+    def call() -> None:
+        try:
+            out = k(**args)
+            if backend == "cuda":
+                torch.cuda.synchronize()
+            results.append(out)
+        except Exception as exc:  # noqa: BLE001 - handed back to the test's thread
+            results.append(exc)
+
+    for _ in range(2):  # the first thread loads the module, the second only launches
+        worker = threading.Thread(target=call)
+        worker.start()
+        worker.join()
+    want = rg.reference(block, **args)
+    for out in results:
+        assert not isinstance(out, Exception), out
+        assert compare("y", rg.bf16, out.y, want.y).ok
+
+
+# ---- GPU only: these measure or use what only a device has ----
+
+@gpu
 def test_cuda_graph_capture_and_replay():
     block = rg.catalog.gpt2(rg.bf16)
     k = rg.compile(block, 4096, backend="cuda")
@@ -84,6 +164,7 @@ def test_cuda_graph_capture_and_replay():
     assert compare("y", rg.bf16, outs["y"], want.y).ok
 
 
+@gpu
 def test_two_streams_run_independently():
     block = rg.catalog.llama(rg.bf16)
     k = rg.compile(block, 8192, backend="cuda")
@@ -99,14 +180,7 @@ def test_two_streams_run_independently():
         assert compare("y", rg.bf16, out.y, rg.reference(block, **args).y).ok
 
 
-def test_dropout_masks_match_the_reference_on_gpu():
-    block = rg.catalog.bert(rg.f32)
-    k = rg.compile(block, 1000, backend="cuda")
-    args = random_inputs(block, (37,), 1000, seed=6, device="cuda")
-    got, want = k(**args, seed=99, offset=5), rg.reference(block, **args, seed=99, offset=5)
-    assert compare("y", rg.f32, got.y, want.y).ok
-
-
+@gpu
 @pytest.mark.skipif(shutil.which("g++") is None, reason="the emu backend needs g++")
 def test_emu_and_cuda_agree():
     block = rg.catalog.gemma2_sandwich(rg.bf16)
@@ -117,46 +191,32 @@ def test_emu_and_cuda_agree():
         assert compare(name, rg.bf16, on_gpu[name].cpu(), on_cpu[name]).ok
 
 
-def test_modules_run_on_the_tensors_device():
-    with torch.no_grad():
-        for module, dtype in ((FusedAddRMSNorm(4096, dtype=torch.bfloat16), rg.bf16),
-                              (FusedAddLayerNorm(4096, dtype=torch.float16, residual_in_fp32=True), rg.f16)):
-            module = module.cuda()
-            x = torch.randn(8, 4096, device="cuda", dtype=dtype.torch_dtype)
-            r = torch.randn(8, 4096, device="cuda", dtype=torch.float32 if module.residual_in_fp32 else x.dtype)
-            y, residual = module(x, r)
-            assert y.device.type == "cuda" and residual.dtype == r.dtype
-            assert module._kernels[x.device].backend == "cuda"
-
-
-def test_device_mismatch_names_the_argument():
-    k = rg.compile(rg.catalog.llama(rg.bf16), 256, backend="cuda")
-    args = random_inputs(rg.catalog.llama(rg.bf16), (4,), 256, device="cuda")
-    args["weight"] = args["weight"].cpu()
-    with pytest.raises(rg.LaunchError, match="'weight'"):
-        k(**args)
-
-
+@gpu
 def test_tune_measures_stores_and_compile_uses_the_result(tmp_path, monkeypatch):
+    from resgen.runtime.kernel import device_arch
     from resgen.tune import db
     from resgen.tune.search import measure, prune
 
     monkeypatch.setenv("RESGEN_TUNING_DB", str(tmp_path / "tuning.json"))
-    block = rg.catalog.llama(rg.bf16)
-    survivors, _ = prune(block, 4096, "sm_90", progress=lambda _: None)
+    block, arch = rg.catalog.llama(rg.bf16), device_arch()
+    survivors, _ = prune(block, 4096, arch, progress=lambda _: None)
     results = measure(block, 4096, 4096, survivors[:4], progress=lambda _: None)
     assert results and all(r["gbps"] > 0 for r in results)
     best = results[0]
-    db.store(db.entry_key(block, 4096, torch.cuda.get_device_name(), "sm_90", 4096), {**best, "date": "test"})
+    db.store(db.entry_key(block, 4096, torch.cuda.get_device_name(), arch, 4096), {**best, "date": "test"})
     assert rg.compile(block, 4096, backend="cuda", rows=4096).config == rg.LaunchConfig.parse(best["config"])
 
 
+@gpu
 def test_bench_produces_records_in_the_shared_format():
     from resgen.tune import bench
 
     records = bench.run_bench([bench.Case("llama", rg.catalog.llama(rg.bf16), "bf16")], [4096], [64, 4096],
-                              ["torch"], progress=lambda _: None)
-    assert {r["system"] for r in records} >= {"resgen", "torch"}
+                              ["torch", "compile"], progress=lambda _: None)
+    assert {r["system"] for r in records} >= {"resgen", "torch", "compile"}
     for r in records:
         assert set(bench.RECORD_KEYS) <= set(r) and r["gbps"] > 0 and r["copy_gbps"] > 0
+        assert r["p10_us"] <= r["time_us"] <= r["p90_us"]
         assert ("call_us" in r) == (r["rows"] <= bench.LATENCY_ROWS)
+    compiled = [r for r in records if r["system"] == "compile"]
+    assert all(r["ran"] == "torch.compile (inductor)" for r in compiled), compiled

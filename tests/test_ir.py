@@ -133,7 +133,7 @@ def test_text_round_trips_through_the_parser(name):
 def test_parse_errors_name_the_line(text, message):
     from resgen.ir.parser import parse_block
 
-    with pytest.raises(rg.VerifyError, match=message):
+    with pytest.raises(rg.SpecError, match=message):
         parse_block(text)
 
 

@@ -6,6 +6,7 @@ from resgen.codegen.arch import DEFAULT_ARCH
 from resgen.codegen.lower import default_config, lower
 from resgen.codegen.plan import KernelPlan, LaunchConfig
 from resgen.codegen.render import render
+from resgen.errors import PlanError
 from resgen.ir.block import Block
 
 __all__ = ["KernelPlan", "LaunchConfig", "default_config", "emit", "lower", "plan_and_source", "render"]
@@ -15,7 +16,9 @@ def plan_and_source(block: Block, hidden: int, config: LaunchConfig | str | None
                     arch: str = DEFAULT_ARCH) -> tuple[KernelPlan, str]:
     """The plan and CUDA source of `block` at `hidden`; `config` may be a LaunchConfig or 'k=v,...'."""
     if isinstance(config, str):
-        config = LaunchConfig.parse(config, base=default_config(block, hidden, arch))
+        config = default_config(block, hidden, arch, fixed=LaunchConfig.fields_of(config))
+    elif config is not None and not isinstance(config, LaunchConfig):
+        raise PlanError(f"config must be a LaunchConfig or a 'tpr=..,rows=..' string, got {type(config).__name__}")
     plan = lower(block, hidden, config, arch)
     return plan, render(plan)
 

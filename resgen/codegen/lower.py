@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +23,7 @@ from resgen.codegen.plan import (
     RowScalarStore,
     RowTensor,
     Store,
+    ident,
 )
 from resgen.errors import PlanError
 from resgen.ir.block import Block
@@ -37,6 +41,19 @@ DROPOUT_REGISTERS = 40
 MAX_CACHED_FLOATS = 96
 #: The heuristic's largest CTA: 1024 threads would cap every thread at 64 registers.
 MAX_HEURISTIC_THREADS = 512
+
+
+#: The largest hidden size: column indices are 32-bit ints in the kernel, and the last chunk of a
+#: row (up to TPR * VEC * CLUSTER elements past HIDDEN) must still be indexable.
+MAX_HIDDEN = 2**30
+
+
+def check_hidden(hidden: object) -> int:
+    """`hidden` when it is an int in [1, MAX_HIDDEN]; PlanError saying the limit otherwise."""
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or not 1 <= hidden <= MAX_HIDDEN:
+        raise PlanError(f"hidden must be an int in [1, {MAX_HIDDEN}] (2**30: the kernel indexes columns with "
+                        f"32-bit ints), got {hidden!r}")
+    return hidden
 
 
 def c_float(value: float) -> str:
@@ -133,10 +150,15 @@ def check_config(block: Block, hidden: int, config: LaunchConfig, arch: Arch) ->
         )
 
 
-def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH) -> LaunchConfig:
+def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH,
+                   fixed: Mapping[str, Any] | None = None) -> LaunchConfig:
     """The heuristic's choice: 16-byte vectors where hidden allows, a warp (or less) per row for
-    small rows, a CTA per row for large ones, and the cheapest row cache that fits."""
+    small rows, a CTA per row for large ones, and the cheapest row cache that fits.
+
+    `fixed` holds fields the user set (LaunchConfig field names): the result keeps them and
+    changes as few of the heuristic's other fields as it must for the config to fit."""
     target = get_arch(arch)
+    check_hidden(hidden)
     if block.hidden != hidden:  # the phases and reductions that size shared memory are the lowered block's
         block = pipeline(block, hidden)
     itemsize = min(d.itemsize for d in row_dtypes(block))
@@ -147,14 +169,51 @@ def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH) -> Launc
         rows_per_cta = max(1, 128 // tpr)
     else:
         tpr, rows_per_cta = _cta_threads(vectors), 1
+    choice = None
     for cache in ("registers", "smem", "global"):
         config = LaunchConfig(tpr, rows_per_cta, vec, cache)
         try:
             check_config(block, hidden, config, target)
-            return config
+            choice = config
+            break
         except PlanError:
             continue
-    raise AssertionError("cache=global always fits")
+    assert choice is not None, "cache=global always fits"
+    return _fit(block, hidden, target, choice, dict(fixed)) if fixed else choice
+
+
+#: Values `_fit` tries for each field it may change.
+_SPACE = {"threads_per_row": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), "rows_per_cta": (1, 2, 4, 8, 16, 32, 64, 128),
+          "vec": (8, 4, 2, 1), "cache": ("registers", "smem", "global"), "cluster": (1, 2, 4, 8)}
+
+
+def _fit(block: Block, hidden: int, target: Arch, choice: LaunchConfig, fixed: dict[str, Any]) -> LaunchConfig:
+    """The config nearest `choice` that keeps the `fixed` fields and fits (PlanError when none does)."""
+    base = choice.as_dict()
+
+    def distance(values: dict[str, Any]) -> tuple:
+        changed = [k for k in values if values[k] != base[k]]
+        steps = sum(abs(math.log2(values[k] / base[k])) for k in changed
+                    if isinstance(values[k], int) and values[k] > 0)
+        cache = values["cache"]
+        return len(changed), steps, _SPACE["cache"].index(cache) if cache in _SPACE["cache"] else 0
+
+    free = [k for k in _SPACE if k not in fixed]
+    candidates = [{**fixed, **dict(zip(free, combo, strict=True))}
+                  for combo in itertools.product(*(_SPACE[k] for k in free))]
+    first_error = None
+    for values in sorted(candidates, key=distance):
+        if values["vec"] > 1 and hidden % values["vec"] and "vec" not in fixed:
+            continue
+        try:
+            config = LaunchConfig(**values)
+            check_config(block, hidden, config, target)
+            return config
+        except PlanError as exc:
+            first_error = first_error or exc
+    shown = ",".join(f"{LaunchConfig.SHORT[k]}={v}" for k, v in fixed.items())
+    raise PlanError(f"no launch config with {shown} fits {block.name} at hidden={hidden} on {target.name}: "
+                    f"{first_error}")
 
 
 def _cta_threads(vectors: int) -> int:
@@ -178,16 +237,17 @@ def _stages(block: Block) -> dict[Node, int]:
 
 
 class _Namer:
-    """C names for nodes, by role: parameters by name, per-element temporaries t<i>, row scalars rs<i>."""
+    """C names for nodes: parameters by role and name (`ident`), per-element temporaries t<i>, row
+    scalars rs<i>, scalars s<i>."""
 
     def __init__(self, block: Block) -> None:
         self.index = {n: i for i, n in enumerate(block.body)}
 
     def ref(self, node: Node) -> str:
         if node.op in ("input", "weight"):
-            return f"{node.name}_v[j]"
+            return f"{ident('values', node.name)}[j]"
         if node.op == "scalar":
-            return node.name
+            return ident("scalar", node.name)
         if node.op == "const":
             return c_float(float(node.attr("value")))
         i = self.index[node]
@@ -202,7 +262,7 @@ class _Namer:
         if op in ("add", "sub", "mul", "div"):
             return f"{a[0]} {dict(add='+', sub='-', mul='*', div='/')[op]} {a[1]}"
         if op == "maximum":
-            return f"fmaxf({a[0]}, {a[1]})"
+            return f"rg_fmax({a[0]}, {a[1]})"
         if op == "neg":
             return f"-{a[0]}"
         if op in ("sqrt", "rsqrt", "abs"):
@@ -232,34 +292,6 @@ def _params_used(nodes: list[Node], op: str) -> set[str]:
     return {a.name for n in nodes for a in n.args if a.op == op}
 
 
-#: Identifiers the kernel template declares itself.
-TEMPLATE_LOCALS = frozenset({"HIDDEN", "VEC", "TPR", "ROWS_PER_CTA", "ITERS", "TAIL", "WIDE", "CLUSTER", "WARPS",
-                             "lane", "slot", "row", "in_row", "src_row", "it", "col0", "lcol0", "j", "scratch",
-                             "partials", "crank", "rg_smem"})
-
-
-def check_identifiers(block: Block, namer: _Namer) -> None:
-    """Raise PlanError when two emitted C identifiers would collide (e.g. inputs `x` and `x_v`)."""
-    names: list[str] = list(TEMPLATE_LOCALS)
-    for p in block.params:
-        names.append(p.name)
-        if p.op == "input":
-            names += [f"{p.name}_v", f"{p.name}_row", f"{p.name}_cache", f"{p.name}_stride"]
-        elif p.op == "weight":
-            names.append(f"{p.name}_v")
-    for o in block.outputs:
-        names.append(o.name)
-        if o.node.kind is Kind.ROW:
-            names += [f"{o.name}_v", f"{o.name}_row", f"{o.name}_stride"]
-    names += [namer.ref(n) for n in block.body if n.op != "const"]
-    names += [namer.uniforms(n) for n in block.body if n.op == "dropout"]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:
-        raise PlanError(f"block {block.name!r}: names {clashes} collide in the emitted kernel "
-                        f"(parameters get _v/_row/_cache/_stride companions; t<i>, rs<i>, s<i> are temporaries); "
-                        f"rename the parameters")
-
-
 def _phase_inputs(phase: int, cache: str, row_in: dict[str, RowTensor],
                   needed: set[str]) -> tuple[tuple[RowTensor, ...], tuple[RowTensor, ...]]:
     """(read from global memory, read from the row cache) for one phase. The first phase reads every
@@ -279,14 +311,27 @@ def kernel_name(block: Block, hidden: int, config: LaunchConfig) -> str:
             f"_v{config.vec}_{cache}{cluster}")
 
 
+def regenerate_hint(block: Block, hidden: int, config: LaunchConfig, arch: str) -> str:
+    """How to emit this kernel again: a `resgen emit` command when the block is a catalog entry
+    (the same structure as `rg.catalog[name](dtype)`), else the Python call."""
+    from resgen.catalog import catalog
+
+    dtypes = sorted({p.dtype for p in block.params if p.op != "scalar"}, key=lambda d: d.name)
+    if block.name in catalog:
+        for dt in dtypes:
+            if catalog[block.name](dt).key == block.key:
+                return (f"`resgen emit {block.name} --dtype {dt} --hidden {hidden} --arch {arch} "
+                        f"--config {config}`")
+    return f"`rg.emit(block, hidden={hidden}, arch={arch!r}, config={str(config)!r})` on the block below"
+
+
 def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: str = DEFAULT_ARCH) -> KernelPlan:
     """The KernelPlan of `block` specialized for `hidden` (the heuristic picks `config` when None)."""
     target = get_arch(arch)
-    low = pipeline(block, hidden)
+    low = pipeline(block, check_hidden(hidden))
     config = config or default_config(low, hidden, arch)
     check_config(low, hidden, config, target)
     namer = _Namer(low)
-    check_identifiers(low, namer)
     order = namer.index
     stage = _stages(low)
 
@@ -294,15 +339,15 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     aliased = set(inplace_of) | set(inplace_of.values())
     smem = smem_layout(low, hidden, config, _phases(low))
     row_in = {
-        p.name: RowTensor(p.name, p.dtype.c_type, p.dtype.itemsize, p.name not in aliased, f"{p.name}_v",
+        p.name: RowTensor(p.name, p.dtype.c_type, p.dtype.itemsize, p.name not in aliased,
                           smem.cache_offsets.get(p.name, 0))
         for p in low.params_of("input")
     }
     row_out = {
-        o.name: RowTensor(o.name, o.dtype.c_type, o.dtype.itemsize, o.name not in aliased, f"{o.name}_v")
+        o.name: RowTensor(o.name, o.dtype.c_type, o.dtype.itemsize, o.name not in aliased)
         for o in low.outputs if o.node.kind is Kind.ROW
     }
-    weights = {p.name: ColTensor(p.name, p.dtype.c_type, f"{p.name}_v") for p in low.params_of("weight")}
+    weights = {p.name: ColTensor(p.name, p.dtype.c_type) for p in low.params_of("weight")}
 
     reductions = [n for n in low.body if n.op in REDUCE_OPS]
     row_outputs = [o for o in low.outputs if o.node.kind is Kind.ROW]
@@ -349,6 +394,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         name=kernel_name(low, hidden, config),
         block_name=low.name,
         block_key=block.key,
+        regenerate=regenerate_hint(block, hidden, config, target.name),
         ir_text=print_block(low),
         arch=target.name,
         config=config,

@@ -72,10 +72,9 @@ class LaunchConfig:
         return ",".join(f"{self.SHORT[f.name]}={getattr(self, f.name)}" for f in fields(self))
 
     @classmethod
-    def parse(cls, text: str, base: LaunchConfig | None = None) -> LaunchConfig:
-        """Parse `tpr=256,rows=1,vec=8,cache=registers,cluster=1` (missing keys come from `base`, and
-        cluster defaults to 1)."""
-        values: dict[str, Any] = base.as_dict() if base else {}
+    def fields_of(cls, text: str) -> dict[str, Any]:
+        """The fields `tpr=256,cache=smem` sets, by LaunchConfig field name (validated one by one)."""
+        values: dict[str, Any] = {}
         longs = {v: k for k, v in cls.SHORT.items()} | {k: k for k in cls.SHORT}
         for item in filter(None, (s.strip() for s in text.split(","))):
             key, sep, value = item.partition("=")
@@ -83,6 +82,14 @@ class LaunchConfig:
                 raise PlanError(f"--config: cannot parse {item!r}; expected key=value with keys {', '.join(cls.SHORT.values())}")
             name = longs[key.strip()]
             values[name] = value.strip() if name == "cache" else _int(name, value)
+        return values
+
+    @classmethod
+    def parse(cls, text: str, base: LaunchConfig | None = None) -> LaunchConfig:
+        """Parse `tpr=256,rows=1,vec=8,cache=registers,cluster=1` (missing keys come from `base`, and
+        cluster defaults to 1). To fill missing keys with values that fit, use `default_config`'s `fixed`."""
+        values: dict[str, Any] = base.as_dict() if base else {}
+        values.update(cls.fields_of(text))
         values.setdefault("cluster", 1)
         missing = [cls.SHORT[f.name] for f in fields(cls) if f.name not in values]
         if missing:
@@ -97,23 +104,60 @@ def _int(name: str, value: str) -> int:
         raise PlanError(f"--config: {name} must be an integer, got {value!r}") from None
 
 
+#: The one-letter prefix of each role a user-named value plays in the emitted source. Every such
+#: identifier is `<prefix>_<name>`: no two roles or names can collide, and no user name can meet a C
+#: keyword, a macro (NAN, EOF, ...) or a template local (none has `_` as its second character).
+ROLES = {"ptr": "p", "stride": "s", "row": "r", "cache": "c", "values": "v", "scalar": "a"}
+
+
+def ident(role: str, name: str) -> str:
+    """The C identifier of the user-named value `name` in `role` (see ROLES)."""
+    return f"{ROLES[role]}_{name}"
+
+
 @dataclass(frozen=True)
 class RowTensor:
-    """A row input or output: pointer name, stride name, C element type."""
+    """A row input or output, by its user name; its C identifiers come from `ident`."""
 
     name: str
     c_type: str
     itemsize: int
     restrict: bool
-    var: str  # the per-chunk array of floats
     smem_offset: int = 0  # byte offset of this input's cache in dynamic shared memory
+
+    @property
+    def ptr(self) -> str:
+        return ident("ptr", self.name)
+
+    @property
+    def stride(self) -> str:
+        return ident("stride", self.name)
+
+    @property
+    def row(self) -> str:
+        return ident("row", self.name)
+
+    @property
+    def cache(self) -> str:
+        return ident("cache", self.name)
+
+    @property
+    def var(self) -> str:  # the per-chunk array of floats
+        return ident("values", self.name)
 
 
 @dataclass(frozen=True)
 class ColTensor:
     name: str
     c_type: str
-    var: str
+
+    @property
+    def ptr(self) -> str:
+        return ident("ptr", self.name)
+
+    @property
+    def var(self) -> str:
+        return ident("values", self.name)
 
 
 @dataclass(frozen=True)
@@ -143,6 +187,10 @@ class RowScalarStore:
     c_type: str
     value: str
 
+    @property
+    def ptr(self) -> str:
+        return ident("ptr", self.name)
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -166,14 +214,24 @@ class Param:
     seed, offset, rows. `of` names the tensor a stride belongs to."""
 
     role: str
-    name: str
+    name: str  # the call's argument name (a user name, or seed / offset / rows)
     c_type: str
     of: str = ""
     dtype: str = ""
 
     @property
+    def c_name(self) -> str:
+        if self.role in ("row_in", "row_out", "col_in", "rowscalar_out"):
+            return ident("ptr", self.name)
+        if self.role == "stride":
+            return ident("stride", self.of)
+        if self.role == "scalar":
+            return ident("scalar", self.name)
+        return self.name
+
+    @property
     def c_decl(self) -> str:
-        return f"{self.c_type} {self.name}"
+        return f"{self.c_type} {self.c_name}"
 
 
 @dataclass(frozen=True)
@@ -192,6 +250,7 @@ class KernelPlan:
     name: str
     block_name: str
     block_key: str
+    regenerate: str  # how to emit this source again (a CLI command for catalog blocks)
     ir_text: str
     arch: str
     config: LaunchConfig

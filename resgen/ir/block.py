@@ -15,17 +15,9 @@ from resgen.errors import IRTypeError, VerifyError
 from resgen.ir.dtypes import DType, as_dtype, f32
 from resgen.ir.nodes import H, Kind, Node, const, make
 
-#: Names the kernel ABI or the call signature already uses.
+#: Names the call signature already uses. Any other Python identifier is a valid name: the emitted
+#: source mangles every user-chosen name (a role prefix), so none can meet a C keyword or macro.
 RESERVED_NAMES = frozenset({"seed", "offset", "rows", "hidden", "config", "backend", "out"})
-#: C++ keywords and CUDA built-ins a parameter name cannot take (it becomes a C identifier).
-C_RESERVED = frozenset("""
-alignas alignof asm auto bool break case catch char char16_t char32_t class const constexpr const_cast
-continue decltype default delete do double dynamic_cast else enum explicit export extern false float for
-friend goto if inline int long mutable namespace new noexcept nullptr operator private protected public
-register reinterpret_cast return short signed sizeof static static_assert static_cast struct switch
-template this thread_local throw true try typedef typeid typename union unsigned using virtual void
-volatile wchar_t while threadIdx blockIdx blockDim gridDim warpSize uint2 uint4 float2 float4 half
-""".split())
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -216,11 +208,10 @@ class Block:
 
     def _check_name(self, op: str, name: str) -> None:
         if not isinstance(name, str) or not _IDENT.match(name) or keyword.iskeyword(name):
-            raise VerifyError(f"{op}: argument 'name' must be a Python/C identifier, got {name!r}")
-        if name in RESERVED_NAMES or name.startswith(("rg_", "__")):
-            raise VerifyError(f"{op}: name {name!r} is reserved (reserved: {', '.join(sorted(RESERVED_NAMES))}, rg_*, __*)")
-        if name in C_RESERVED:
-            raise VerifyError(f"{op}: name {name!r} is a C++/CUDA keyword or built-in; choose another")
+            raise VerifyError(f"{op}: argument 'name' must be an ASCII Python identifier that is not a keyword, "
+                              f"got {name!r}")
+        if name in RESERVED_NAMES:
+            raise VerifyError(f"{op}: name {name!r} is reserved (a call keyword: {', '.join(sorted(RESERVED_NAMES))})")
         taken = {p.name for p in self.params} | {o.name for o in self.outputs}
         if name in taken:
             raise VerifyError(f"{op}: duplicate name {name!r} in block {self.name!r}")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
-from resgen.errors import IRTypeError, VerifyError
+from resgen.errors import IRTypeError
 from resgen.ir.block import Operand, Value, _block_of, binary, unary
 from resgen.ir.dtypes import DType, as_dtype
 
@@ -43,10 +41,9 @@ def row_max(v: Value) -> Value:
     return unary("row_max", v)
 
 
-def _check_eps(op: str, eps: float) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise VerifyError(f"{op}: argument 'eps' must be a finite number >= 0, got {eps!r}")
-    return float(eps)
+def _as_float(value: object) -> object:
+    """Numbers as floats (attributes are floats); anything else is left for `check_attrs` to reject."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def layer_norm(v: Value, weight: Value | None = None, bias: Value | None = None, eps: float = 1e-5) -> Value:
@@ -55,20 +52,16 @@ def layer_norm(v: Value, weight: Value | None = None, bias: Value | None = None,
     names = ["v"] + [n for n, a in (("weight", weight), ("bias", bias)) if a is not None]
     block = _block_of("layer_norm", tuple(args))
     return block.emit("layer_norm", args, arg_names=names, weight=weight is not None,
-                      bias=bias is not None, eps=_check_eps("layer_norm", eps))
+                      bias=bias is not None, eps=_as_float(eps))
 
 
 def rms_norm(v: Value, weight: Value | None = None, eps: float = 1e-6, offset: float = 0.0) -> Value:
     """v / sqrt(mean(v^2) + eps) * (offset + weight); Gemma uses offset 1.0."""
-    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset):
-        raise VerifyError(f"rms_norm: argument 'offset' must be a finite number, got {offset!r}")
-    if offset and weight is None:
-        raise VerifyError("rms_norm: argument 'offset' needs a 'weight' to offset")
     args = [v] + ([weight] if weight is not None else [])
     names = ["v", "weight"][: len(args)]
     block = _block_of("rms_norm", tuple(args))
     return block.emit("rms_norm", args, arg_names=names, weight=weight is not None,
-                      eps=_check_eps("rms_norm", eps), offset=float(offset))
+                      eps=_as_float(eps), offset=_as_float(offset))
 
 
 def dropout(v: Value, p: float) -> Value:
@@ -78,9 +71,7 @@ def dropout(v: Value, p: float) -> Value:
     `offset=` are call-time arguments of the kernel and of `rg.reference`. The k-th dropout of a
     block (its `site`) draws an independent mask.
     """
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-        raise VerifyError(f"dropout: argument 'p' must be a number in [0, 1), got {p!r}")
     if not isinstance(v, Value):
         raise IRTypeError(f"dropout: argument 'v' must be a resgen Value, got {type(v).__name__}")
     site = sum(n.op == "dropout" for n in v.block.body)
-    return unary("dropout", v, p=float(p), site=site)
+    return unary("dropout", v, p=_as_float(p), site=site)

@@ -11,6 +11,7 @@ from typing import Any
 import sympy
 
 from resgen.errors import IRTypeError, VerifyError
+from resgen.ir.attrs import check_attrs
 from resgen.ir.dtypes import DType, f32, promote
 
 #: The hidden size of a block before `specialize` replaces it with a number.
@@ -145,6 +146,7 @@ def make(op: str, args: tuple[Node, ...] = (), **attrs: Any) -> Node:
         expected = 1 + int(attrs.get("weight", False)) + int(attrs.get("bias", False))
         if len(args) != expected:
             raise VerifyError(f"{op}: expected {expected} operand(s) for its attributes, got {len(args)}")
+    check_attrs(op, attrs)
     kind, dtype = infer(op, args, attrs)
     return Node(op, tuple(args), tuple(attrs.items()), kind, dtype)
 

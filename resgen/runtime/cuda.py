@@ -17,6 +17,16 @@ _MAX_DYNAMIC_SMEM = 8
 _SMEM_WITHOUT_OPT_IN = 48 * 1024
 
 
+def make_context_current(device: int) -> None:
+    """Give this thread a current CUDA context when it has none (a thread torch has never used):
+    the driver calls below need one, and CuPy's and torch's device guards skip setting the device
+    when the runtime already names it current."""
+    from cupy.cuda import driver, runtime
+
+    if driver.ctxGetCurrent() == 0:
+        runtime.setDevice(device)
+
+
 class CudaBackend:
     """Loads the cubin once per device, on first use there, and launches the entry the call needs."""
 
@@ -36,6 +46,7 @@ class CudaBackend:
             return found
         from cupy.cuda import Device, driver
 
+        make_context_current(device)
         with self._lock, Device(device):
             if device not in self._functions:
                 module = driver.moduleLoadData(self.binary.cubin)
@@ -51,6 +62,7 @@ class CudaBackend:
         """Launch on the device's current torch stream; cuLaunchKernel copies `params` before returning."""
         from cupy.cuda import driver
 
+        make_context_current(device.index)
         function = self.functions(device.index)[entry]
         stream = torch.cuda.current_stream(device).cuda_stream
         # The launch runs in the current context: make it the tensors' device's when it is not already.

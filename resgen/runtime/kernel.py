@@ -12,7 +12,7 @@ import torch
 from resgen.codegen import LaunchConfig, plan_and_source
 from resgen.codegen.arch import DEFAULT_ARCH
 from resgen.codegen.plan import KernelPlan
-from resgen.errors import BackendUnavailableError, LaunchError
+from resgen.errors import BackendUnavailableError, LaunchError, PlanError
 from resgen.ir.block import Block
 from resgen.runtime.compile import compile_for_device
 from resgen.runtime.launch import Launch, LaunchTemplate, prepare
@@ -101,6 +101,12 @@ class Kernel:
     def __call__(self, **kwargs: Any) -> Outputs:
         """Run the kernel. A call whose tensors have the layout of an earlier call takes the warm path:
         no allocation but the outputs not passed in, no synchronization, capturable in a CUDA graph."""
+        if torch.is_grad_enabled():
+            needs_grad = [k for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+            if needs_grad:
+                raise LaunchError(
+                    f"argument(s) {needs_grad} require grad, but resgen kernels have no backward yet: their outputs "
+                    f"would silently carry no gradient. Call under torch.no_grad() (or pass .detach()ed tensors)")
         key = tuple((k, v.shape, v.stride(), v.dtype, v.device) if isinstance(v, torch.Tensor) else (k, None)
                     for k, v in kwargs.items())
         template = self._templates.get(key)
@@ -112,6 +118,7 @@ class Kernel:
                 filled = template.fill(tensors, scalars, seed, offset)
                 if filled is not None:
                     entry, outputs = filled
+                    self._observe(tensors)
                     self._backend.run(entry.name, template.params, template.grid, template.threads,
                                       template.smem_bytes, template.device)
                     return Outputs(outputs)
@@ -119,25 +126,40 @@ class Kernel:
         if launch.grid:
             params, _values = launch.kernel_params()
             device = next(iter(launch.outputs.values())).device
+            self._observe({**{k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}, **launch.outputs})
             self._backend.run(launch.entry.name, params, launch.grid, launch.threads, launch.smem_bytes, device)
             if len(self._templates) < self.MAX_TEMPLATES:
                 tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
                 self._templates[key] = LaunchTemplate.of(self.block, self.plan, launch, tensors)
         return Outputs(launch.outputs)
 
+    def _observe(self, tensors: dict[str, torch.Tensor]) -> None:
+        """A sanitizing backend learns the memory of this call's tensors before the launch."""
+        if getattr(self._backend, "sanitize", False):
+            self._backend.observe(tensors)
+
     def __repr__(self) -> str:
         return f"<Kernel {self.plan.name} backend={self.backend}>"
 
 
 def compile(block: Block, hidden: int, backend: str = "auto", config: LaunchConfig | str | None = None,
-            arch: str | None = None, rows: int | None = None) -> Kernel:  # noqa: A001 - DESIGN.md's name
+            arch: str | None = None, rows: int | None = None,
+            sanitize: bool = False) -> Kernel:  # noqa: A001 - DESIGN.md's name
     """Specialize `block` for `hidden`, generate its kernel and build it for `backend`.
 
     backend: "cuda" (a GPU through CuPy), "emu" (the CPU emulator) or "auto" (cuda when usable).
     config: a LaunchConfig or "tpr=..,vec=.." overrides; None takes what `resgen tune` stored for
     this block, size and GPU (`rows` picks the rows bucket), else the heuristic's choice.
+    sanitize: build the emu kernel with the sanitizer (rg.verify(..., sanitize=True) reads it).
     """
+    if not isinstance(block, Block):
+        raise LaunchError(f"compile: argument 'block' must be a resgen Block, got {type(block).__name__}")
+    if config is not None and not isinstance(config, (LaunchConfig, str)):
+        raise PlanError(f"compile: argument 'config' must be a LaunchConfig or a 'tpr=..,rows=..' string, got "
+                        f"{type(config).__name__} (a dict: LaunchConfig(**d))")
     name = resolve_backend(backend)
+    if sanitize and name != "emu":
+        raise BackendUnavailableError("sanitize=True runs on the emu backend only; pass backend='emu'")
     if arch is None:
         arch = device_arch() if name == "cuda" else DEFAULT_ARCH
     if config is None and name == "cuda":
@@ -148,7 +170,7 @@ def compile(block: Block, hidden: int, backend: str = "auto", config: LaunchConf
     if name == "emu":
         from resgen.runtime.emu import EmuBackend
 
-        runner: Backend = EmuBackend(plan, source)
+        runner: Backend = EmuBackend(plan, source, sanitize=sanitize)
     else:
         from resgen.runtime.cuda import CudaBackend
 

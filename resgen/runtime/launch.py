@@ -58,13 +58,14 @@ def row_stride(name: str, t: torch.Tensor, hidden: int) -> int:
     return lead[-1][1] if lead else hidden
 
 
-def _extent(t: torch.Tensor) -> tuple[int, int]:
+def byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """[first, last) byte addresses a tensor's elements occupy (its gaps included)."""
     span = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True)) if t.numel() else 0
     return t.data_ptr(), t.data_ptr() + span * t.element_size()
 
 
 def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    (a0, a1), (b0, b1) = _extent(a), _extent(b)
+    (a0, a1), (b0, b1) = byte_span(a), byte_span(b)
     return a0 < b1 and b0 < a1
 
 
@@ -207,7 +208,7 @@ class LaunchTemplate:
             aliases=tuple(inplace.items()),
             outputs=tuple(written),
             checked=tuple(n for n in reads + written if everything[n].dim() and n not in inplace),
-            extents={n: _extent(t)[1] - _extent(t)[0] for n, t in everything.items()},
+            extents={n: byte_span(t)[1] - byte_span(t)[0] for n, t in everything.items()},
             pairs=tuple(overlap_pairs(block)),
             grid=launch.grid,
             threads=launch.threads,
@@ -223,6 +224,9 @@ class LaunchTemplate:
         for name, shape, dtype in self.allocate:
             tensors[name] = torch.empty(shape, dtype=dtype, device=self.device)
         for out, source in self.aliases:
+            given = tensors.get(out)
+            if given is not None and given.data_ptr() != tensors[source].data_ptr():
+                return None  # not the input it overwrites: the checked path says so
             tensors[out] = tensors[source]
         ptr = {n: t.data_ptr() for n, t in tensors.items()}
         for a, b in self.pairs:

@@ -71,3 +71,65 @@ def nvrtc_library() -> Path:
                 if (root / lib / name).exists():
                     return root / lib / name
     raise CompileError("NVRTC (libnvrtc.so) not found; `pip install nvidia-cuda-nvrtc` or set CUDA_PATH")
+
+
+def environment_report() -> list[tuple[str, str]]:
+    """(what, value) lines describing the toolchain: each line says what failed instead of raising."""
+    import platform
+
+    import torch
+
+    def attempt(fn) -> str:
+        try:
+            return str(fn())
+        except Exception as exc:  # noqa: BLE001 - a report line, not a failure
+            return f"unavailable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+
+    def cupy_version() -> str:
+        import cupy
+
+        return cupy.__version__
+
+    def driver() -> str:
+        import cupy
+
+        version = cupy.cuda.runtime.driverGetVersion()
+        return f"CUDA {version // 1000}.{(version % 1000) // 10}" if version else "none (no CUDA driver)"
+
+    def gpu() -> str:
+        if not torch.cuda.is_available():
+            return "none (torch.cuda.is_available() is False)"
+        major, minor = torch.cuda.get_device_capability()
+        return f"{torch.cuda.get_device_name()} (sm_{major}{minor}, {torch.cuda.device_count()} device(s))"
+
+    def nvrtc_version() -> str:
+        from resgen.runtime import nvrtc
+
+        return ".".join(map(str, nvrtc.version()))
+
+    def headers() -> str:
+        dirs = include_dirs()
+        return "; ".join(f"{h} in {next(d for d in dirs if (Path(d) / h).exists())}" for h in REQUIRED_HEADERS)
+
+    def host() -> str:
+        from resgen.runtime.emu import host_compiler
+
+        path, version = host_compiler()
+        return f"{path} ({version})"
+
+    from resgen import __version__
+
+    return [
+        ("resgen", __version__),
+        ("python", f"{platform.python_version()} ({sys.executable})"),
+        ("torch", f"{torch.__version__} (CUDA {torch.version.cuda})"),
+        ("cupy", attempt(cupy_version)),
+        ("gpu", attempt(gpu)),
+        ("driver", attempt(driver)),
+        ("nvrtc library", attempt(nvrtc_library)),
+        ("nvrtc version", attempt(nvrtc_version)),
+        ("include dirs", attempt(lambda: ", ".join(include_dirs()))),
+        ("headers", attempt(headers)),
+        ("host compiler", attempt(host)),
+        ("cache", attempt(lambda: __import__("resgen.runtime.cache", fromlist=["cache_root"]).cache_root())),
+    ]

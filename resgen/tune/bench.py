@@ -11,17 +11,30 @@ from typing import Any
 
 import torch
 
+from resgen.errors import SpecError
 from resgen.ir.block import Block
 from resgen.tune.baselines import TORCH_FORMULAS, eager, liger
-from resgen.tune.timing import buffer_sets, copy_bandwidth_gbps, environment, plan_bytes, time_cuda, wall_per_call_us
+from resgen.tune.timing import (
+    LazySets,
+    Timer,
+    Timing,
+    buffer_sets,
+    copy_bandwidth_gbps,
+    environment,
+    plan_bytes,
+    time_cuda,
+    wall_per_call_us,
+)
 from resgen.verification import random_inputs
 
 SYSTEMS = ("resgen", "resgen-heuristic", "torch", "compile", "liger")
 #: Rows up to this count also get a wall-clock microseconds-per-call (host overhead included).
 LATENCY_ROWS = 64
+#: The copy bandwidth a dry run pretends to have measured (no device; records say dry_run).
+DRY_RUN_GBPS = 1000.0
 
-RECORD_KEYS = ("system", "block", "dtype", "rows", "hidden", "time_us", "gbps", "copy_gbps", "gpu", "driver",
-               "torch", "cupy", "date")
+RECORD_KEYS = ("system", "block", "dtype", "rows", "hidden", "time_us", "p10_us", "p90_us", "gbps", "copy_gbps",
+               "ran", "gpu", "driver", "torch", "cupy", "date")
 
 
 @dataclass(frozen=True)
@@ -31,18 +44,46 @@ class Case:
     dtype: str
 
 
-def _systems(case: Case, hidden: int, against: list[str],
-             progress: Callable[[str], None]) -> tuple[dict[str, Callable], dict[str, object]]:
-    """Callables on one argument set for every system to time, and resgen's launch configs."""
+class CompiledFormula:
+    """torch.compile of a formula for one shape, compiled fresh (Dynamo's caches reset first, so
+    earlier shapes never push it over the recompile limit into silent eager), noting what ran."""
+
+    def __init__(self, formula: Callable) -> None:
+        import torch._dynamo
+
+        torch._dynamo.reset()
+        for limit in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, limit):
+                setattr(torch._dynamo.config, limit, max(64, getattr(torch._dynamo.config, limit)))
+        self.fn = torch.compile(formula, dynamic=False)
+        self.ran: str | None = None
+
+    def __call__(self, **args: Any) -> object:
+        if self.ran is not None:
+            return self.fn(**args)
+        from torch._dynamo.utils import counters
+
+        before = counters["stats"]["unique_graphs"]
+        out = self.fn(**args)
+        compiled = counters["stats"]["unique_graphs"] > before
+        self.ran = "torch.compile (inductor)" if compiled else "eager (Dynamo compiled no graph)"
+        return out
+
+
+def _systems(case: Case, hidden: int, against: list[str], backend: str,
+             progress: Callable[[str], None]) -> tuple[dict[str, Callable[[], Callable]], dict[str, object]]:
+    """For every system to time, a factory of a callable on one argument set (called once per shape),
+    and resgen's launch configs."""
     import resgen as rg
     from resgen.codegen import default_config
 
     params = [p.name for p in case.block.params]
-    kernels = {"resgen": rg.compile(case.block, hidden, backend="cuda")}
+    kernels = {"resgen": rg.compile(case.block, hidden, backend=backend)}
     heuristic = default_config(case.block, hidden, kernels["resgen"].plan.arch)
     if kernels["resgen"].config != heuristic:  # the tuning database chose another: time the heuristic's too
-        kernels["resgen-heuristic"] = rg.compile(case.block, hidden, backend="cuda", config=heuristic)
-    runners: dict[str, Callable] = {name: (lambda a, k=k: k(**a)) for name, k in kernels.items()}
+        kernels["resgen-heuristic"] = rg.compile(case.block, hidden, backend=backend, config=heuristic)
+    factories: dict[str, Callable[[], Callable]] = {
+        name: (lambda k=k: (lambda a: k(**a))) for name, k in kernels.items()}
     configs = {name: k.config for name, k in kernels.items()}
     formula = TORCH_FORMULAS.get(case.block.name) or eager(case.block)
     if formula is None and any(s in against for s in ("torch", "compile")):
@@ -50,76 +91,123 @@ def _systems(case: Case, hidden: int, against: list[str],
     elif case.block.name not in TORCH_FORMULAS:
         progress(f"{case.name}: torch and compile run the block op by op in float32 (no hand-written formula)")
     if formula is not None and "torch" in against:
-        runners["torch"] = lambda a: formula(**{p: a[p] for p in params})
+        factories["torch"] = lambda: (lambda a: formula(**{p: a[p] for p in params}))
     if formula is not None and "compile" in against:
-        compiled = torch.compile(formula, dynamic=False)
-        runners["compile"] = lambda a: compiled(**{p: a[p] for p in params})
+        def compiled() -> Callable:
+            fn = CompiledFormula(formula)
+            run = lambda a: fn(**{p: a[p] for p in params})  # noqa: E731
+            run.peer = fn  # type: ignore[attr-defined]
+            return run
+        factories["compile"] = compiled
     if "liger" in against:
         fn, why = liger(case.block.name)
         if fn is None:
             progress(f"{case.name}: liger skipped: {why}")
         else:
-            runners["liger"] = lambda a: fn(**{p: a[p] for p in params})
-    return runners, configs
+            factories["liger"] = lambda: (lambda a: fn(**{p: a[p] for p in params}))
+    return factories, configs
+
+
+def _what_ran(system: str, fn: Callable, configs: dict[str, object]) -> str:
+    if system in configs:
+        return f"resgen {configs[system]}"
+    if system == "compile":
+        return fn.peer.ran or "not run"  # type: ignore[attr-defined]
+    return {"torch": "torch eager", "liger": "liger-kernel"}.get(system, system)
+
+
+def dry_timer(nbytes: int) -> Timer:
+    """A stand-in for `time_cuda` in a dry run: never calls, pretends the copy bandwidth was reached."""
+    def timer(run: Callable[[int], object]) -> Timing:
+        us = nbytes / (DRY_RUN_GBPS * 1e9) * 1e6
+        return Timing(us, us, us, 0, "dry-run", 1)
+    return timer
 
 
 def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], against: list[str],
               progress: Callable[[str], None] = print, device: torch.device | None = None,
-              max_gb: float = 48.0) -> list[dict[str, Any]]:
+              max_gb: float = 48.0, checkpoint: Callable[[list[dict[str, Any]], bool], None] | None = None,
+              dry_run: bool = False) -> list[dict[str, Any]]:
     """Time every system on every (case, hidden, rows); one record per (system, block, shape).
 
     Shapes whose inputs and outputs together exceed `max_gb` are skipped, and said so.
+    `checkpoint(records, block_done)` runs after every record and after each block, so a run
+    killed halfway keeps what it measured. `dry_run` needs no GPU: kernels are generated and
+    built for the emulator, bytes are counted and records written, but nothing is run or timed
+    (times are what the copy bandwidth DRY_RUN_GBPS would give, and records say dry_run).
     """
-    device = device or torch.device("cuda", torch.cuda.current_device())
-    env = environment(device)
-    copy_gbps = copy_bandwidth_gbps(device)
+    if dry_run:
+        device, backend = torch.device("cpu"), "emu"
+        env = {"gpu": "none (dry run)", "driver": "none", "torch": torch.__version__, "cupy": "unused",
+               "date": "dry run"}
+        copy_gbps = DRY_RUN_GBPS
+    else:
+        device, backend = device or torch.device("cuda", torch.cuda.current_device()), "cuda"
+        env = environment(device)
+        copy_gbps = copy_bandwidth_gbps(device)
     progress(f"{env['gpu']}: device-to-device copy {copy_gbps:.0f} GB/s (read + write)")
-    records = []
+    records: list[dict[str, Any]] = []
     for case in cases:
         for hidden in hiddens:
-            runners, configs = _systems(case, hidden, against, progress)
+            factories, configs = _systems(case, hidden, against, backend, progress)
             for rows in rows_list:
                 nbytes = plan_bytes(case.block, rows, hidden)
                 if nbytes > max_gb * 1e9:
                     progress(f"{case.name} rows={rows} hidden={hidden}: skipped, {nbytes / 1e9:.0f} GB of inputs and "
                              f"outputs exceed --max-gb {max_gb:g}")
                     continue
-                sets = [random_inputs(case.block, (rows,), hidden, seed=i, device=device)
-                        for i in range(buffer_sets(nbytes, device))]
-                for system, fn in runners.items():
-                    def run(i: int, fn: Callable = fn, sets: list = sets) -> object:
+                count = 1 if dry_run else buffer_sets(nbytes, device)
+                sets = LazySets(count, lambda i, b=case.block, h=hidden, r=rows: random_inputs(b, (r,), h, seed=i,
+                                                                                  device=device))
+                timer = dry_timer(nbytes) if dry_run else time_cuda
+                for system, factory in factories.items():
+                    fn = factory()
+
+                    def run(i: int, fn: Callable = fn, sets: LazySets = sets) -> object:
                         return fn(sets[i % len(sets)])
 
                     try:
-                        timing = time_cuda(run)
+                        timing = timer(run)
+                        call_us = (timing.median_us if dry_run else wall_per_call_us(run)) \
+                            if rows <= LATENCY_ROWS else None
                     except Exception as exc:  # noqa: BLE001 - a failing peer must not lose the other results
                         progress(f"{system:>8} {case.name} rows={rows} hidden={hidden}: FAILED "
                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                         continue
+                    gbps = nbytes / (timing.median_us * 1e-6) / 1e9
                     record = {"system": system, "block": case.name, "dtype": case.dtype, "rows": rows,
-                              "hidden": hidden, "time_us": round(timing.median_us, 3),
-                              "gbps": round(nbytes / (timing.median_us * 1e-6) / 1e9, 1),
-                              "copy_gbps": round(copy_gbps, 1), **env}
-                    record["frac_copy"] = round(record["gbps"] / copy_gbps, 4)
+                              "hidden": hidden, **timing.as_record(), "gbps": round(gbps, 1),
+                              "copy_gbps": round(copy_gbps, 1), "frac_copy": round(gbps / copy_gbps, 4),
+                              "bytes": nbytes, "ran": "not run (dry run)" if dry_run else _what_ran(system, fn, configs),
+                              **env}
                     if system in configs:
                         record["config"] = str(configs[system])
-                    if rows <= LATENCY_ROWS:
-                        record["call_us"] = round(wall_per_call_us(run), 2)
+                    if call_us is not None:
+                        record["call_us"] = round(call_us, 2)
+                    if dry_run:
+                        record["dry_run"] = True
                     records.append(record)
+                    if checkpoint is not None:
+                        checkpoint(records, False)
                     progress(f"{system:>8} {case.name} rows={rows} hidden={hidden}: {timing.median_us:9.1f} us "
-                             f"{record['gbps']:7.0f} GB/s ({100 * record['frac_copy']:.0f}% of copy)")
+                             f"{record['gbps']:7.0f} GB/s ({100 * record['frac_copy']:.0f}% of copy) "
+                             f"[{record['timing']} x{record['batch']}, {record['ran']}]")
+        if checkpoint is not None:
+            checkpoint(records, True)
     return records
 
 
 def table(records: list[dict[str, Any]]) -> str:
     """A text table: one line per record, grouped by block and shape."""
-    lines = [f"{'block':<18} {'rows':>6} {'hidden':>7} {'system':>8} {'time us':>10} {'GB/s':>8} {'% copy':>7} "
-             f"{'us/call':>8}"]
+    lines = [f"{'block':<18} {'rows':>6} {'hidden':>7} {'system':>8} {'time us':>10} {'p10-p90 us':>15} {'GB/s':>8} "
+             f"{'% copy':>7} {'us/call':>8}  timing"]
     for r in sorted(records, key=lambda r: (r["block"], r["rows"], r["hidden"], SYSTEMS.index(r["system"])
                                             if r["system"] in SYSTEMS else 99)):
         call = f"{r['call_us']:8.1f}" if "call_us" in r else f"{'':>8}"
+        spread = f"{r['p10_us']:.1f}-{r['p90_us']:.1f}"
+        how = f"{r.get('timing', 'events')} x{r.get('batch', 1)}"
         lines.append(f"{r['block']:<18} {r['rows']:>6} {r['hidden']:>7} {r['system']:>8} {r['time_us']:>10.1f} "
-                     f"{r['gbps']:>8.0f} {100 * r['gbps'] / r['copy_gbps']:>6.1f}% {call}")
+                     f"{spread:>15} {r['gbps']:>8.0f} {100 * r['gbps'] / r['copy_gbps']:>6.1f}% {call}  {how}")
     return "\n".join(lines)
 
 
@@ -150,8 +238,19 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def load(path: Path) -> list[dict[str, Any]]:
-    records = json.loads(Path(path).read_text())
-    missing = [k for k in RECORD_KEYS if records and k not in records[0]]
-    if not isinstance(records, list) or missing:
-        raise ValueError(f"{path}: not a resgen benchmark JSON (missing {missing})")
+    """Records stored by `resgen bench --json`; SpecError says what is wrong with any other file."""
+    try:
+        records = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a directory, not a benchmark JSON file") from None
+    except (ValueError, OSError) as exc:
+        raise SpecError(f"{path}: not a resgen benchmark JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise SpecError(f"{path}: not a resgen benchmark JSON (expected a list of records)")
+    for i, r in enumerate(records):
+        missing = [k for k in RECORD_KEYS if k not in r]
+        if missing:
+            raise SpecError(f"{path}: record {i} is not a resgen benchmark record (missing {', '.join(missing)})")
     return records

@@ -36,15 +36,31 @@ def entry_key(block: Block, hidden: int, gpu: str, arch: str, rows: int) -> str:
     return f"{block.name}:{block.key}|h{hidden}|{gpu}|{arch}|{rows_bucket(rows)}"
 
 
+#: What every stored entry holds (written by `resgen tune`).
+ENTRY_KEYS = ("config", "time_us", "gbps", "frac_copy", "date")
+
+
 def read(path: Path | str | None = None) -> dict[str, dict[str, Any]]:
+    """Every stored entry by key; PlanError says what is wrong with a file that is not a database."""
     path = Path(path) if path else db_path()
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
+    except IsADirectoryError:
+        raise PlanError(f"tuning database {path} is a directory, not a JSON file") from None
+    except OSError as exc:
+        raise PlanError(f"tuning database {path} cannot be read: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise PlanError(f"tuning database {path} is not valid JSON ({exc}); delete it to start over") from exc
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        raise PlanError(f"tuning database {path} is not a resgen tuning database (expected a JSON object of "
+                        f"entries, got {type(data).__name__}); delete it to start over")
+    for key, entry in data.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), str):
+            raise PlanError(f"tuning database {path}: entry {key!r} is not a tuning record (no 'config'); delete "
+                            f"the file to start over")
+    return data
 
 
 @contextmanager

@@ -113,14 +113,16 @@ def prune(block: Block, hidden: int, arch: str, progress: Callable[[str], None] 
 
 
 class ProgressBar:
-    """A one-line progress bar on a terminal (plain lines elsewhere): `bar(message)` per step."""
+    """Progress on stderr, `bar(message)` per step: one redrawn line on a terminal; elsewhere (a log,
+    a pipe) at most `lines` plain lines, evenly spaced, the last step always among them."""
 
-    def __init__(self, total: int, label: str, stream: Any = None) -> None:
+    def __init__(self, total: int, label: str, stream: Any = None, lines: int = 20) -> None:
         import sys
 
         self.total, self.label, self.done = total, label, 0
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every = max(1, -(-total // lines))
 
     def __call__(self, message: str) -> None:
         self.done += 1
@@ -131,8 +133,10 @@ class ProgressBar:
             self.stream.write("\r" + line[:150].ljust(150))
             if self.done >= self.total:
                 self.stream.write("\n")
-        else:
+        elif self.done % self.every == 0 or self.done >= self.total:
             self.stream.write(line + "\n")
+        else:
+            return
         self.stream.flush()
 
 
