@@ -59,24 +59,32 @@ def _cmd_emit(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from resgen.codegen.cost import cost, loads_in_flight
     from resgen.runtime.compile import compile_for_device
     from resgen.runtime.nvrtc import parse_resources
 
     plan, source = _plan_and_source(args)
     binary = compile_for_device(source, plan.name, plan.arch)
+    wide = parse_resources(binary.log, plan.entries[0].name)
+    report = cost(plan, wide, args.rows)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1))
+        return 0
     for line in plan.summary():
         print(line)
-    from resgen.codegen.arch import get_arch
-    from resgen.tune.search import loads_in_flight, occupancy
-
     bits = binary.access_bits
     print(f"global I/O  widest load {bits['load']} bits, widest store {bits['store']} bits (from the PTX)")
-    wide = parse_resources(binary.log, plan.entries[0].name)
-    occ = occupancy(plan.config, wide.registers, plan.smem_bytes + wide.shared_static, plan.arch)
-    resident = round(occ * get_arch(plan.arch).max_threads_per_sm)
-    in_flight = loads_in_flight(plan)
-    print(f"occupancy   {occ:.0%} ({resident} threads/SM); row loads in flight up to {in_flight} B/thread, "
-          f"{resident * in_flight / 1024:.0f} KiB/SM")
+    from resgen.codegen.arch import get_arch
+
+    resident = report.ctas_per_sm * plan.threads
+    print(f"occupancy   {resident / get_arch(plan.arch).max_threads_per_sm:.0%} ({resident} threads/SM, "
+          f"{report.ctas_per_sm} CTA(s)); row loads in flight up to {loads_in_flight(plan)} B/thread, "
+          f"{report.bytes_in_flight_per_sm / 1024:.0f} KiB/SM")
+    print(f"cost model  at {args.rows} rows: {report.hbm_bytes / report.ideal_bytes:.2f}x the ideal "
+          f"{report.ideal_bytes / 1e6:.1f} MB from DRAM, {report.waves} wave(s), predicted "
+          f"{100 * report.predicted_fraction:.0f}% of copy bandwidth")
     print(f"{'entry point':<52} {'regs':>5} {'spill st':>9} {'spill ld':>9} {'stack':>6} {'smem':>6}")
     for entry in plan.entries:
         r = parse_resources(binary.log, entry.name)
@@ -245,8 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="compile a kernel and show its resources",
                        description="Compile with NVRTC (no GPU needed); print the plan, registers, spills, "
-                                   "shared memory and the width of global loads/stores.")
+                                   "shared memory, the width of global loads/stores, and the cost model's "
+                                   "prediction (DRAM bytes against the ideal, loads in flight, waves, fraction "
+                                   "of copy bandwidth).")
     _add_kernel_args(p)
+    p.add_argument("--rows", type=int, default=32768, help="rows the cost model assumes (default 32768)")
+    p.add_argument("--json", action="store_true", help="print the cost model's report as one JSON object")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("verify", help="run a kernel against the PyTorch reference",

@@ -22,6 +22,7 @@ if [ "${1:-}" = "--dry-run" ]; then DRY="--dry-run"; fi
 OUT=${OUT:-$PWD/gpu-out}
 PY=${PYTHON:-python3}
 WORKERS=${GPU_CHECK_WORKERS:-4}
+SELECT=${GPU_CHECK_SELECT:-}  # a pytest -k expression narrowing the test stage (CI's dry run uses one)
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export RESGEN_CACHE_DIR=${RESGEN_CACHE_DIR:-/tmp/resgen-cache}
@@ -51,7 +52,9 @@ else
 fi
 parallel=()
 if [ "$WORKERS" -gt 1 ]; then parallel=(-n "$WORKERS"); fi
-stage "$TESTS_CAP" gpu_tests.log "$PY" -m pytest -v -m "$marker" "${parallel[@]}" -p no:cacheprovider \
+select=()
+if [ -n "$SELECT" ]; then select=(-k "$SELECT"); fi
+stage "$TESTS_CAP" gpu_tests.log "$PY" -m pytest -v -m "$marker" "${parallel[@]}" "${select[@]}" -p no:cacheprovider \
     --timeout 150 --timeout-method=thread tests/test_gpu.py
 tests_rc=$?
 

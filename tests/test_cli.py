@@ -73,3 +73,64 @@ def test_scripts_are_valid_bash(script):
 def test_later_subcommands_have_help(command):
     result = run(command, "--help")
     assert result.returncode == 0 and "usage" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["ir", "emit", "inspect", "verify", "tune"])
+def test_help_names_every_spec_form_and_config_key(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ".rgir" in text and ".py:name" in text
+    if command in ("emit", "inspect", "verify"):
+        assert "cluster" in text
+
+
+@pytest.mark.parametrize("config, hidden, want", [
+    ("cluster=2", 64, {"cluster": 2}),  # the heuristic's 64 rows per CTA cannot hold a cluster
+    ("tpr=64", 64, {"threads_per_row": 64}),  # nor 64 rows of 64 threads
+    ("tpr=32,rows=4", 4096, {"threads_per_row": 32, "rows_per_cta": 4}),  # too many floats for registers
+])
+def test_a_partial_config_is_completed_to_fit_what_the_user_set(config, hidden, want):
+    import resgen as rg
+    from resgen.codegen import plan_and_source
+
+    plan, _ = plan_and_source(rg.catalog.gpt2(rg.bf16), hidden, config)
+    assert all(getattr(plan.config, k) == v for k, v in want.items())
+    assert rg.verify(rg.catalog.gpt2(rg.bf16), hidden, 3, backend="emu", config=config).ok
+
+
+def test_the_emitted_header_says_how_to_emit_the_same_source(capsys):
+    import shlex
+
+    import resgen as rg
+
+    source = rg.emit(rg.catalog.gpt2(rg.f16), 1000, arch="sm_80", config="tpr=64")
+    command = source.splitlines()[1].split("`")[1]
+    assert main(shlex.split(command)[1:]) == 0
+    assert capsys.readouterr().out == source
+    b = rg.Block("mine")
+    b.output("y", b.input("x") * 2.0)
+    assert "rg.emit(block, hidden=64" in rg.emit(b, 64).splitlines()[1]
+    llama_named = rg.Block("llama")  # a user block that only shares a catalog name
+    llama_named.output("y", llama_named.input("x") * 3.0)
+    assert "resgen emit" not in rg.emit(llama_named, 64).splitlines()[1]
+
+
+def test_generate_check_works_from_any_folder_and_says_when_up_to_date(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "resgen.cli", "generate", "--check"], capture_output=True,
+                            text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is up to date (16 files)" in result.stdout
+
+
+def test_progress_without_a_terminal_prints_a_bounded_number_of_lines():
+    import io
+
+    from resgen.tune.search import ProgressBar
+
+    stream = io.StringIO()
+    bar = ProgressBar(1000, "pruning", stream=stream)
+    for i in range(1000):
+        bar(f"candidate {i}")
+    lines = stream.getvalue().splitlines()
+    assert 10 <= len(lines) <= 20 and lines[-1].startswith("pruning [") and "1000/1000" in lines[-1]

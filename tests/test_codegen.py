@@ -221,3 +221,33 @@ def test_long_block_names_get_bounded_file_names():
     b = rg.Block("b" * 300)
     b.output("y", b.input("x") * 2.0)
     assert rg.verify(b, 64, 3, backend="emu").ok
+
+
+def test_inspect_json_reports_the_cost_model(capsys):
+    import json
+
+    from resgen.cli import main
+    from resgen.tune.timing import plan_bytes
+
+    assert main(["inspect", "llama", "--hidden", "4096", "--rows", "32768", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("kernel", "arch", "config", "registers", "spills", "smem_bytes", "ideal_bytes", "hbm_bytes",
+                "ctas_per_sm", "bytes_in_flight_per_sm", "waves", "predicted_fraction"):
+        assert key in report
+    assert report["ideal_bytes"] == plan_bytes(rg.catalog.llama(rg.bf16), 32768, 4096)
+    assert report["hbm_bytes"] == report["ideal_bytes"] and report["spills"] == 0  # the row stays in registers
+    assert report["config"]["cache"] == "registers" and 0 < report["predicted_fraction"] <= 1
+
+
+def test_the_cost_model_counts_rereads_that_miss_l2(capsys):
+    import json
+
+    from resgen.cli import main
+
+    assert main(["inspect", "gpt2", "--hidden", "65536", "--config", "cache=global", "--json"]) == 0
+    big = json.loads(capsys.readouterr().out)
+    assert big["hbm_bytes"] > 1.4 * big["ideal_bytes"]  # x and residual read again in two more phases
+    assert main(["inspect", "gpt2", "--hidden", "65536", "--config", "cache=global", "--rows", "4", "--json"]) == 0
+    few = json.loads(capsys.readouterr().out)
+    assert few["hbm_bytes"] == few["ideal_bytes"] and few["waves"] == 1  # four rows stay in L2
+    assert few["predicted_fraction"] < big["predicted_fraction"]  # four CTAs cannot fill the GPU

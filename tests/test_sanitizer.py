@@ -91,7 +91,7 @@ def test_schedules_expose_a_race_the_instrumentation_cannot_see():
     assert any(h.startswith("schedule-dependent result") for h in report.hazards), report.table()
 
 
-SIZES = [1, 1000, 4097]
+SIZES = [1, 4097]  # the degenerate row and an odd size with a predicated tail
 FAMILY = {"registers": "cache=registers", "smem": "cache=smem", "global": "cache=global",
           "warp": "tpr=32,rows=4,cache=smem", "cluster": "tpr=64,rows=1,cache=smem,cluster=2"}
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from resgen.codegen.cost import cost
 from resgen.errors import SpecError
 from resgen.ir.block import Block
 from resgen.tune.baselines import TORCH_FORMULAS, eager, liger
@@ -71,9 +72,9 @@ class CompiledFormula:
 
 
 def _systems(case: Case, hidden: int, against: list[str], backend: str,
-             progress: Callable[[str], None]) -> tuple[dict[str, Callable[[], Callable]], dict[str, object]]:
+             progress: Callable[[str], None]) -> tuple[dict[str, Callable[[], Callable]], dict[str, object], dict]:
     """For every system to time, a factory of a callable on one argument set (called once per shape),
-    and resgen's launch configs."""
+    resgen's launch configs, and resgen's kernels."""
     import resgen as rg
     from resgen.codegen import default_config
 
@@ -105,7 +106,7 @@ def _systems(case: Case, hidden: int, against: list[str], backend: str,
             progress(f"{case.name}: liger skipped: {why}")
         else:
             factories["liger"] = lambda: (lambda a: fn(**{p: a[p] for p in params}))
-    return factories, configs
+    return factories, configs, kernels
 
 
 def _what_ran(system: str, fn: Callable, configs: dict[str, object]) -> str:
@@ -149,7 +150,9 @@ def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], again
     records: list[dict[str, Any]] = []
     for case in cases:
         for hidden in hiddens:
-            factories, configs = _systems(case, hidden, against, backend, progress)
+            factories, configs, kernels = _systems(case, hidden, against, backend, progress)
+            predictions = {name: (lambda r, k=k: cost(k.plan, k.resources[k.plan.entries[0].name], r)
+                                  .predicted_fraction) for name, k in kernels.items()}
             for rows in rows_list:
                 nbytes = plan_bytes(case.block, rows, hidden)
                 if nbytes > max_gb * 1e9:
@@ -182,6 +185,7 @@ def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], again
                               **env}
                     if system in configs:
                         record["config"] = str(configs[system])
+                        record["predicted_fraction"] = predictions[system](rows)
                     if call_us is not None:
                         record["call_us"] = round(call_us, 2)
                     if dry_run:
@@ -198,16 +202,18 @@ def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], again
 
 
 def table(records: list[dict[str, Any]]) -> str:
-    """A text table: one line per record, grouped by block and shape."""
+    """A text table: one line per record, grouped by block and shape; `pred` is the cost model's
+    fraction of copy bandwidth for resgen's kernels, beside the measured `% copy`."""
     lines = [f"{'block':<18} {'rows':>6} {'hidden':>7} {'system':>8} {'time us':>10} {'p10-p90 us':>15} {'GB/s':>8} "
-             f"{'% copy':>7} {'us/call':>8}  timing"]
+             f"{'% copy':>7} {'pred':>5} {'us/call':>8}  timing"]
     for r in sorted(records, key=lambda r: (r["block"], r["rows"], r["hidden"], SYSTEMS.index(r["system"])
                                             if r["system"] in SYSTEMS else 99)):
         call = f"{r['call_us']:8.1f}" if "call_us" in r else f"{'':>8}"
+        pred = f"{100 * r['predicted_fraction']:4.0f}%" if "predicted_fraction" in r else f"{'':>5}"
         spread = f"{r['p10_us']:.1f}-{r['p90_us']:.1f}"
         how = f"{r.get('timing', 'events')} x{r.get('batch', 1)}"
         lines.append(f"{r['block']:<18} {r['rows']:>6} {r['hidden']:>7} {r['system']:>8} {r['time_us']:>10.1f} "
-                     f"{spread:>15} {r['gbps']:>8.0f} {100 * r['gbps'] / r['copy_gbps']:>6.1f}% {call}  {how}")
+                     f"{spread:>15} {r['gbps']:>8.0f} {100 * r['gbps'] / r['copy_gbps']:>6.1f}% {pred} {call}  {how}")
     return "\n".join(lines)
 
 

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from resgen.codegen import KernelPlan, LaunchConfig, lower, render
+from resgen.codegen import LaunchConfig, lower, render
 from resgen.codegen.arch import DEFAULT_ARCH, get_arch
+from resgen.codegen.cost import occupancy
 from resgen.codegen.lower import row_dtypes
 from resgen.errors import PlanError
 from resgen.ir.block import Block
@@ -56,22 +57,6 @@ def enumerate_configs(block: Block, hidden: int, arch: str = DEFAULT_ARCH) -> li
                     if -(-hidden // (tpr * vec * cluster)) <= MAX_CHUNKS:
                         configs += [LaunchConfig(tpr, 1, vec, cache, cluster) for cache in ("registers", "smem")]
     return configs
-
-
-def occupancy(config: LaunchConfig, registers: int, smem_bytes: int, arch: str) -> float:
-    """Fraction of the SM's thread slots the config can fill, from registers, smem and threads."""
-    target = get_arch(arch)
-    by_threads = target.max_threads_per_sm // config.threads
-    by_regs = target.regs_per_sm // max(1, registers * config.threads)
-    by_smem = (target.max_dynamic_smem // smem_bytes) if smem_bytes else by_threads
-    return min(by_threads, by_regs, by_smem, 32) * config.threads / target.max_threads_per_sm
-
-
-def loads_in_flight(plan: KernelPlan) -> int:
-    """Bytes of row input one thread can have in flight in the first phase (its loads are issued
-    before their first use across `plan.unroll` chunks)."""
-    per_chunk = sum(t.itemsize * plan.config.vec for t in plan.row_inputs)
-    return per_chunk * plan.unroll
 
 
 def prune(block: Block, hidden: int, arch: str, progress: Callable[[str], None] | None = None,

@@ -1,0 +1,116 @@
+"""The cost model: what a kernel's plan and NVRTC's resource report predict about its memory traffic
+and how close it can come to the device-copy bandwidth, without running it.
+
+Memory-bound kernels are judged by three things, each computed here from plain values:
+  * traffic: `ideal_bytes` (every input read once, every output written once) against `hbm_bytes`
+    (what the plan makes DRAM move: phases that re-read a row from global memory count again,
+    unless the rows resident on the whole GPU at once fit in L2, where the re-read hits);
+  * parallelism: `bytes_in_flight_per_sm` (Little's law: a memory-bound SM needs about
+    IN_FLIGHT_TARGET bytes of loads outstanding to keep its share of HBM busy);
+  * quantization: `waves` (a last, partial wave leaves SMs idle).
+`predicted_fraction` (of the copy bandwidth) multiplies the three. The constants are a model, to be
+corrected by every GPU run: `resgen bench` records the prediction beside the measurement.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from resgen.codegen.arch import get_arch
+from resgen.codegen.plan import KernelPlan, LaunchConfig
+from resgen.runtime.nvrtc import Resources
+
+#: Bytes of loads in flight per SM that keep HBM busy (H100/H200: about 3-4 TB/s x 700 ns / 132 SMs,
+#: rounded up); below it the prediction scales down linearly.
+IN_FLIGHT_TARGET = 32 * 1024
+#: Each reduction costs a barrier round trip per row while no loads are issued; what it takes off.
+PHASE_PENALTY = 0.05
+
+
+def occupancy(config: LaunchConfig, registers: int, smem_bytes: int, arch: str) -> float:
+    """Fraction of the SM's thread slots the config can fill, from registers, smem and threads."""
+    return ctas_per_sm(config, registers, smem_bytes, arch) * config.threads / get_arch(arch).max_threads_per_sm
+
+
+def ctas_per_sm(config: LaunchConfig, registers: int, smem_bytes: int, arch: str) -> int:
+    """CTAs one SM can hold at once, limited by threads, registers, shared memory and 32 CTAs."""
+    target = get_arch(arch)
+    by_threads = target.max_threads_per_sm // config.threads
+    by_regs = target.regs_per_sm // max(1, registers * config.threads)
+    by_smem = (target.max_dynamic_smem // smem_bytes) if smem_bytes else by_threads
+    return min(by_threads, by_regs, by_smem, 32)
+
+
+def loads_in_flight(plan: KernelPlan) -> int:
+    """Bytes of row input one thread can have in flight in the first phase (its loads are issued
+    before their first use across `plan.unroll` chunks)."""
+    per_chunk = sum(t.itemsize * plan.config.vec for t in plan.row_inputs)
+    return per_chunk * plan.unroll
+
+
+def traffic(plan: KernelPlan, rows: int) -> tuple[int, int]:
+    """(ideal_bytes, re-read bytes) of one call at `rows` rows, before L2 is considered."""
+    h = plan.hidden
+    inputs = sum(t.itemsize for t in plan.row_inputs) * rows * h
+    outputs = sum(t.itemsize for t in plan.row_outputs) * rows * h
+    weights = sum(_itemsize(p.dtype) for p in plan.params if p.role == "col_in") * h
+    scalars = sum(_itemsize(p.dtype) for p in plan.params if p.role == "rowscalar_out") * rows
+    reread = sum(t.itemsize for phase in plan.phases[1:] for t in phase.loads) * rows * h
+    return inputs + outputs + weights + scalars, reread
+
+
+def _itemsize(dtype: str) -> int:
+    from resgen.ir.dtypes import DTYPES
+
+    return DTYPES[dtype].itemsize
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """What `resgen inspect --json` prints (DESIGN.md, the cost model)."""
+
+    kernel: str
+    arch: str
+    config: dict[str, Any]
+    rows: int
+    registers: int
+    spills: int
+    smem_bytes: int
+    ideal_bytes: int
+    hbm_bytes: int
+    ctas_per_sm: int
+    bytes_in_flight_per_sm: int
+    waves: int
+    reduction_phases: int
+    predicted_fraction: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cost(plan: KernelPlan, resources: Resources, rows: int) -> CostReport:
+    """The model's report for `plan` (compiled with `resources`) at `rows` rows."""
+    target = get_arch(plan.arch)
+    smem = plan.smem_bytes + resources.shared_static
+    per_sm = ctas_per_sm(plan.config, resources.registers, smem, plan.arch)
+    ideal, reread = traffic(plan, rows)
+    slots = max(1, per_sm * target.sms)
+    resident_rows = min(rows, slots // plan.config.cluster * plan.config.rows_per_cta)
+    reread_set = sum(t.itemsize for t in plan.row_inputs) * plan.hidden * resident_rows
+    hbm = ideal + (reread if reread and reread_set > target.l2_bytes else 0)
+    in_flight = per_sm * plan.threads * loads_in_flight(plan)
+    grid = plan.grid(rows)
+    waves = max(1, math.ceil(grid / slots))
+    wave_efficiency = grid / (waves * slots) if grid else 0.0
+    # A grid smaller than the GPU leaves SMs idle; many full waves keep them busy.
+    busy = min(1.0, wave_efficiency if waves == 1 else 1 - (1 - wave_efficiency) / waves)
+    phases = sum(1 for p in plan.phases if p.reductions)
+    fraction = (ideal / hbm if hbm else 0.0) * min(1.0, in_flight / IN_FLIGHT_TARGET) * busy
+    fraction /= 1 + PHASE_PENALTY * phases
+    return CostReport(
+        kernel=plan.name, arch=plan.arch, config=plan.config.as_dict(), rows=rows,
+        registers=resources.registers, spills=resources.spills + resources.stack_frame, smem_bytes=smem,
+        ideal_bytes=ideal, hbm_bytes=hbm, ctas_per_sm=per_sm, bytes_in_flight_per_sm=in_flight, waves=waves,
+        reduction_phases=phases, predicted_fraction=round(fraction, 4))
