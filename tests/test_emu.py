@@ -230,8 +230,9 @@ def test_guards_catch_writes_outside_an_output():
 
     block = rg.catalog.llama(rg.f32)
     plan, source = plan_and_source(block, 1000, "tpr=32,rows=4,vec=4")
-    predicated = "if (col0 + j < HIDDEN) row[col0 + j] = elems[j];"
-    broken = source.replace(predicated, "row[col0 + j] = elems[j];")  # the tail store, unpredicated
+    predicated = "            if (col0 + j < HIDDEN) {\n                RG_CHECK(row + col0 + j, sizeof(T), true, line);"
+    broken = source.replace(predicated, "            {\n                RG_CHECK(row + col0 + j, sizeof(T), true, line);")
+    # the tail store, unpredicated
     assert predicated in source and broken != source
     args = random_inputs(block, (5,), 1000)
     for text, clean in ((source, True), (broken, False)):
