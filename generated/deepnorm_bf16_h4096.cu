@@ -131,6 +131,13 @@ __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC
     }
 }
 
+// One element of a row-scalar input, as a float.
+template <typename T>
+__device__ __forceinline__ float rg_load_one(const T* at, int line = RG_CALLER_LINE) {
+    RG_CHECK(at, sizeof(T), false, line);
+    return rg_io<T>::to_float(*at);
+}
+
 // One element of a row-scalar output, rounded to T.
 template <typename T>
 __device__ __forceinline__ void rg_store_one(T* at, float v, int line = RG_CALLER_LINE) {

@@ -18,7 +18,10 @@ from resgen.ir.block import Block, Output, Value
 from resgen.ir.builder import (
     abs,
     cast,
+    col_sum,
     dropout,
+    eq,
+    gt,
     layer_norm,
     maximum,
     rms_norm,
@@ -30,6 +33,7 @@ from resgen.ir.builder import (
 )
 from resgen.ir.dtypes import DType, bf16, f16, f32
 from resgen.passes import pipeline
+from resgen.passes.autodiff import grad
 from resgen.reference import reference
 from resgen.runtime.kernel import Kernel, compile
 from resgen.signature import Outputs
@@ -40,6 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError", "Block", "CompileError", "DType", "IRTypeError", "Kernel", "LaunchConfig",
     "LaunchError", "Output", "Outputs", "PlanError", "ResgenError", "SpecError", "Value", "VerifyError",
-    "VerifyReport", "abs", "bf16", "cast", "catalog", "compile", "dropout", "emit", "f16", "f32", "layer_norm",
-    "maximum", "pipeline", "reference", "rms_norm", "row_max", "row_mean", "row_sum", "rsqrt", "sqrt", "verify",
+    "VerifyReport", "abs", "bf16", "cast", "catalog", "col_sum", "compile", "dropout", "emit", "eq", "f16", "f32",
+    "grad", "gt", "layer_norm", "maximum", "pipeline", "reference", "rms_norm", "row_max", "row_mean", "row_sum",
+    "rsqrt", "sqrt", "verify",
 ]

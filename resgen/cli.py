@@ -30,9 +30,8 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
 def _cmd_ir(args: argparse.Namespace) -> int:
     from resgen.ir.printer import print_block
     from resgen.passes import pipeline
-    from resgen.spec import resolve
 
-    block = resolve(args.spec, args.dtype)
+    block = _resolve(args)
     if args.print_after_all:
         print(f"// ----- input -----\n{print_block(block)}")
         pipeline(block, args.hidden,
@@ -42,11 +41,22 @@ def _cmd_ir(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_and_source(args: argparse.Namespace):
-    from resgen.codegen import plan_and_source
+def _resolve(args: argparse.Namespace):
+    """The block SPEC names, or its backward block (rg.grad) with --grad."""
     from resgen.spec import resolve
 
-    return plan_and_source(resolve(args.spec, args.dtype), args.hidden, args.config, args.arch or DEFAULT_ARCH)
+    block = resolve(args.spec, args.dtype)
+    if getattr(args, "grad", False):
+        from resgen.passes.autodiff import grad
+
+        block = grad(block)
+    return block
+
+
+def _plan_and_source(args: argparse.Namespace):
+    from resgen.codegen import plan_and_source
+
+    return plan_and_source(_resolve(args), args.hidden, args.config, args.arch or DEFAULT_ARCH)
 
 
 def _cmd_emit(args: argparse.Namespace) -> int:
@@ -120,10 +130,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from resgen.spec import resolve
     from resgen.verification import verify
 
-    report = verify(resolve(args.spec, args.dtype), args.hidden, args.rows, backend=args.backend, seed=args.seed,
+    report = verify(_resolve(args), args.hidden, args.rows, backend=args.backend, seed=args.seed,
                     config=args.config, arch=args.arch, sanitize=args.sanitize)
     print(report.table())
     return 0 if report.ok else 1
@@ -228,6 +237,8 @@ def _add_kernel_args(p: argparse.ArgumentParser) -> None:
 def _add_spec(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", metavar="SPEC", help=SPEC_HELP)
     p.add_argument("--dtype", default=None, help="storage dtype for catalog blocks and factories (default bf16)")
+    p.add_argument("--grad", action="store_true", help="the block's backward (rg.grad: reverse-mode autodiff "
+                   "over the IR) instead of the block")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from resgen.signature import BoundCall, Outputs, bind
 
 _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "maximum": torch.maximum,
+    "eq": lambda a, b: (a == b).float(), "gt": lambda a, b: (a > b).float(),
 }
 _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "neg": torch.neg, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "abs": torch.abs,
@@ -49,7 +50,11 @@ class _Interpreter:
         if node.op == "scalar":
             return torch.tensor(self.call.scalars[name], dtype=torch.float32, device=self.device)
         t = self.call.tensors[name].float()
-        return t.reshape(self.call.rows, self.call.hidden) if node.op == "input" else t
+        if node.op == "input":
+            return t.reshape(self.call.rows, self.call.hidden)
+        if node.op == "row_scalar":
+            return t.reshape(self.call.rows, 1)
+        return t
 
     def eval(self, node: Node) -> torch.Tensor:
         cached = self.values.get(node)
@@ -61,7 +66,7 @@ class _Interpreter:
 
     def _compute(self, node: Node) -> torch.Tensor:
         op = node.op
-        if op in ("input", "weight", "scalar"):
+        if op in ("input", "weight", "scalar", "row_scalar"):
             return self.param(node)
         if op == "const":
             return f32_constant(node.attr("value"), self.call.hidden, self.device)
@@ -78,6 +83,8 @@ class _Interpreter:
             return args[0].to(self.accumulate).sum(dim=-1, keepdim=True).float()
         if op == "row_max":
             return args[0].amax(dim=-1, keepdim=True)
+        if op == "col_sum":
+            return args[0].to(self.accumulate).sum(dim=0).float()
         if op == "dropout":
             p = node.attr("p")
             mask = keep_mask(self.call.rows, self.call.hidden, p, self.call.seed, self.call.offset,
@@ -100,6 +107,8 @@ def evaluate(block: Block, call: BoundCall, accumulate: torch.dtype = torch.floa
         value = interp.eval(out.node)
         if out.node.kind is Kind.ROW:
             value = value.expand(call.rows, call.hidden).reshape(*call.lead, call.hidden)
+        elif out.node.kind is Kind.COL:
+            value = value.expand(call.hidden)
         else:
             value = value.reshape(call.rows).reshape(call.lead)
         results[out.name] = value.to(out.dtype.torch_dtype)

@@ -107,9 +107,11 @@ def bind(block: Block, kwargs: Mapping[str, Any], *, allow_outputs: bool = False
                           f"compiled for hidden={hidden}")
     lead = tuple(first.shape[:-1])
     for name, t in tensors.items():
-        expected = (*lead, hidden) if params[name].op == "input" else (hidden,)
+        op = params[name].op
+        expected = {"input": (*lead, hidden), "weight": (hidden,), "row_scalar": lead}[op]
         if tuple(t.shape) != expected:
-            what = "[..., hidden] like the other row inputs" if params[name].op == "input" else "[hidden]"
+            what = {"input": "[..., hidden] like the other row inputs", "weight": "[hidden]",
+                    "row_scalar": "[...], one value per row of the row inputs"}[op]
             raise LaunchError(f"argument {name!r} must have shape {list(expected)} ({what}, hidden={hidden}), got {list(t.shape)}")
     if hidden < 1:
         raise LaunchError(f"argument {row_inputs[0]!r}: hidden size must be >= 1, got {hidden}")
@@ -123,7 +125,7 @@ def bind(block: Block, kwargs: Mapping[str, Any], *, allow_outputs: bool = False
     for name in outputs:
         if name in kwargs:
             o = outputs[name]
-            shape = (*lead, hidden) if o.node.kind is Kind.ROW else lead
+            shape = {Kind.ROW: (*lead, hidden), Kind.COL: (hidden,), Kind.ROWS: lead}[o.node.kind]
             t = _check_tensor(name, kwargs[name], o.dtype.torch_dtype)
             if tuple(t.shape) != shape:
                 raise LaunchError(f"output argument {name!r} must have shape {list(shape)}, got {list(t.shape)}")

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 #: Per storage dtype: (tolerance on ||out - ref|| / ||ref||, tolerance on max |out - ref| / max(1, max |ref|)).
 #: Outputs are compared after rounding, so a one-ulp difference of the storage dtype must pass.
 TOLERANCES: dict[DType, tuple[float, float]] = {f32: (1e-5, 1e-5), f16: (1e-3, 1e-3), bf16: (8e-3, 8e-3)}
+#: The same for gradients: a norm's backward multiplies float32 rounding error by rstd (up to
+#: 1/sqrt(eps) for a constant row) and differences two row sums, so ten times the forward's.
+GRAD_TOLERANCES: dict[DType, tuple[float, float]] = {d: (10 * r, 10 * a) for d, (r, a) in TOLERANCES.items()}
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,8 @@ class VerifyReport:
 
 def random_inputs(block: Block, lead: tuple[int, ...], hidden: int, *, seed: int = 0,
                   device: str | torch.device = "cpu") -> dict[str, object]:
-    """Fresh random arguments for every parameter (normal row inputs, weights near 1, scalars in [0.5, 1.5)),
-    drawn on `device` itself."""
+    """Fresh random arguments for every parameter (normal row inputs and row scalars, weights near 1,
+    scalars in [0.5, 1.5)), drawn on `device` itself."""
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     args: dict[str, object] = {}
@@ -86,7 +89,7 @@ def random_inputs(block: Block, lead: tuple[int, ...], hidden: int, *, seed: int
         if p.op == "scalar":
             args[p.name] = 0.5 + torch.rand((), generator=gen, device=device).item()
             continue
-        shape = (*lead, hidden) if p.op == "input" else (hidden,)
+        shape = {"input": (*lead, hidden), "weight": (hidden,), "row_scalar": lead}[p.op]
         values = torch.randn(shape, generator=gen, device=device)
         if p.op == "weight":
             values = 1.0 + 0.5 * values
@@ -94,18 +97,21 @@ def random_inputs(block: Block, lead: tuple[int, ...], hidden: int, *, seed: int
     return args
 
 
-def compare(name: str, dtype: DType, out: torch.Tensor, ref: torch.Tensor) -> OutputCheck:
+def compare(name: str, dtype: DType, out: torch.Tensor, ref: torch.Tensor,
+            tolerances: dict[DType, tuple[float, float]] = TOLERANCES) -> OutputCheck:
     """Errors of `out` against `ref`; NaN anywhere `ref` is finite (a poisoned, unwritten element) fails."""
     out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
-    rel_tol, abs_tol = TOLERANCES[dtype]
+    rel_tol, abs_tol = tolerances[dtype]
     diff = (out64 - ref64).abs()
     same_nonfinite = ~torch.isfinite(ref64) & (out64 == ref64) | (ref64.isnan() & out64.isnan())
     diff = torch.where(same_nonfinite, torch.zeros_like(diff), diff)
     finite_ref = torch.where(torch.isfinite(ref64), ref64, torch.zeros_like(ref64))
     bad = diff.isnan().any().item()
     max_abs = math.inf if bad else (diff.max().item() if diff.numel() else 0.0)
-    norm = finite_ref.norm().item()
-    rel = math.inf if bad else (diff.norm().item() / norm if norm > 0 else diff.norm().item())
+    # Relative to ||ref||, but never to less than abs_tol per element: an output that is all but zero
+    # (a gradient that cancels out) is judged by its absolute error.
+    norm = max(finite_ref.norm().item(), abs_tol * math.sqrt(max(1, finite_ref.numel())))
+    rel = math.inf if bad else diff.norm().item() / norm
     scale = max(1.0, finite_ref.abs().max().item() if finite_ref.numel() else 1.0)
     return OutputCheck(name, dtype, max_abs, rel, abs_tol * scale, rel_tol)
 

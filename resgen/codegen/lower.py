@@ -28,7 +28,7 @@ from resgen.codegen.plan import (
 from resgen.errors import PlanError
 from resgen.ir.block import Block
 from resgen.ir.dtypes import DType, bf16, f16
-from resgen.ir.nodes import REDUCE_OPS, Kind, Node
+from resgen.ir.nodes import PARAM_OPS, REDUCE_OPS, Kind, Node
 from resgen.ir.printer import print_block
 from resgen.passes import pipeline
 from resgen.reference import dropout_scale
@@ -246,6 +246,8 @@ class _Namer:
     def ref(self, node: Node) -> str:
         if node.op in ("input", "weight"):
             return f"{ident('values', node.name)}[j]"
+        if node.op == "row_scalar":
+            return ident("values", node.name)
         if node.op == "scalar":
             return ident("scalar", node.name)
         if node.op == "const":
@@ -263,6 +265,8 @@ class _Namer:
             return f"{a[0]} {dict(add='+', sub='-', mul='*', div='/')[op]} {a[1]}"
         if op == "maximum":
             return f"rg_fmax({a[0]}, {a[1]})"
+        if op in ("eq", "gt"):
+            return f"({a[0]} {'==' if op == 'eq' else '>'} {a[1]} ? 1.0f : 0.0f)"
         if op == "neg":
             return f"-{a[0]}"
         if op in ("sqrt", "rsqrt", "abs"):
@@ -329,6 +333,9 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     """The KernelPlan of `block` specialized for `hidden` (the heuristic picks `config` when None)."""
     target = get_arch(arch)
     low = pipeline(block, check_hidden(hidden))
+    if any(n.op == "col_sum" for n in low.body):
+        raise PlanError(f"block {block.name!r}: col_sum (a column reduction: weight and bias gradients) has a "
+                        f"reference but no generated kernel yet; rg.grad(block, wrt=[...row inputs]) compiles")
     config = config or default_config(low, hidden, arch)
     check_config(low, hidden, config, target)
     namer = _Namer(low)
@@ -370,7 +377,8 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
             loads=loads,
             cached=cached,
             weights=tuple(t for n, t in weights.items() if n in _params_used(nodes, "weight")),
-            dropouts=tuple(Dropout(namer.uniforms(n), n.attr("site")) for n in nodes if n.op == "dropout"),
+            # one draw per site: a backward's dropout reuses its forward's mask (same site, same uniforms)
+            dropouts=tuple(dict.fromkeys(Dropout(namer.uniforms(n), n.attr("site")) for n in nodes if n.op == "dropout")),
             computes=tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes),
             reductions=tuple(
                 Reduction(reductions.index(r), namer.ref(r), "max" if r.op == "row_max" else "sum",
@@ -384,6 +392,8 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
 
     prologue = tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in low.body if n.kind is Kind.SCALAR
                      and n.op != "const")
+    row_prologue = tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in low.body
+                         if n.kind is Kind.ROWS and stage[n] == 0 and n.op not in REDUCE_OPS + PARAM_OPS)
     uses_dropout = any(n.op == "dropout" for n in low.body)
     params = _abi(low, row_in, row_out, uses_dropout)
     dtypes = {d for d in row_dtypes(low)} | {p.dtype for p in low.params} | {o.dtype for o in low.outputs} | {
@@ -409,8 +419,10 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         includes=includes,
         params=params,
         row_inputs=tuple(row_in.values()),
+        row_scalar_inputs=tuple(ColTensor(p.name, p.dtype.c_type) for p in low.params_of("row_scalar")),
         row_outputs=tuple(row_out.values()),
         prologue=prologue,
+        row_prologue=row_prologue,
         phases=tuple(phases),
         uses_dropout=uses_dropout,
         reductions=len(reductions),
@@ -437,6 +449,8 @@ def _abi(block: Block, row_in: dict[str, RowTensor], row_out: dict[str, RowTenso
                        Param("stride", f"{p.name}_stride", "long long", of=p.name)]
         elif p.op == "weight":
             params.append(Param("col_in", p.name, f"const {p.dtype.c_type}* __restrict__", dtype=p.dtype.name))
+        elif p.op == "row_scalar":
+            params.append(Param("rowscalar_in", p.name, f"const {p.dtype.c_type}* __restrict__", dtype=p.dtype.name))
         else:
             params.append(Param("scalar", p.name, "float", dtype=p.dtype.name))
     for o in block.outputs:

@@ -110,6 +110,10 @@ def _int(name: str, value: str) -> int:
 ROLES = {"ptr": "p", "stride": "s", "row": "r", "cache": "c", "values": "v", "scalar": "a"}
 
 
+#: ABI roles whose argument is a tensor's data pointer.
+POINTER_ROLES = ("row_in", "row_out", "col_in", "rowscalar_in", "rowscalar_out")
+
+
 def ident(role: str, name: str) -> str:
     """The C identifier of the user-named value `name` in `role` (see ROLES)."""
     return f"{ROLES[role]}_{name}"
@@ -213,7 +217,7 @@ class Param:
     """One kernel argument, in ABI order. role: row_in, row_out, stride, col_in, rowscalar_out, scalar,
     seed, offset, rows. `of` names the tensor a stride belongs to."""
 
-    role: str
+    role: str  # row_in, row_out, stride, col_in, rowscalar_in, rowscalar_out, scalar, seed, offset, rows
     name: str  # the call's argument name (a user name, or seed / offset / rows)
     c_type: str
     of: str = ""
@@ -221,7 +225,7 @@ class Param:
 
     @property
     def c_name(self) -> str:
-        if self.role in ("row_in", "row_out", "col_in", "rowscalar_out"):
+        if self.role in POINTER_ROLES:
             return ident("ptr", self.name)
         if self.role == "stride":
             return ident("stride", self.of)
@@ -265,8 +269,10 @@ class KernelPlan:
     includes: tuple[str, ...]
     params: tuple[Param, ...]
     row_inputs: tuple[RowTensor, ...]
+    row_scalar_inputs: tuple[ColTensor, ...]  # one value per row, read once (`var` holds it)
     row_outputs: tuple[RowTensor, ...]
     prologue: tuple[str, ...]
+    row_prologue: tuple[str, ...]  # C statements for row scalars that need no reduction (from row-scalar inputs)
     phases: tuple[Phase, ...]
     uses_dropout: bool
     reductions: int

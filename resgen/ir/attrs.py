@@ -59,6 +59,7 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "input": {"name": _name, "dtype": _dtype},
     "weight": {"name": _name, "dtype": _dtype},
     "scalar": {"name": _name, "dtype": _dtype},
+    "row_scalar": {"name": _name, "dtype": _dtype},
     "const": {"value": _const},
     "cast": {"dtype": _dtype},
     "dropout": {"p": _probability, "site": _site},

@@ -115,15 +115,19 @@ class Block:
         """A runtime scalar argument, passed by name as a Python number at call time."""
         return self._param("scalar", name, dtype)
 
+    def row_scalar(self, name: str, dtype: DType | str = f32) -> Value:
+        """A row-scalar argument `[...]` (one value per row: a saved statistic, a per-row scale)."""
+        return self._param("row_scalar", name, dtype)
+
     def output(self, name: str, value: Value, dtype: DType | str | None = None,
                inplace: str | None = None) -> None:
         """Declare a result; `dtype` defaults to the value's, `inplace` names a row input to overwrite."""
         self._check_name("output", name)
         node = self.node_of(value, op="output", arg="value")
-        if node.kind not in (Kind.ROW, Kind.ROWS):
+        if node.kind not in OUTPUT_KINDS or (node.kind is Kind.COL and not _has_row_reduction(node)):
             raise IRTypeError(
-                f"output {name!r}: argument 'value' must be a row tensor or a row scalar, "
-                f"got a {node.kind.value}"
+                f"output {name!r}: argument 'value' must be a row tensor, a row scalar, or a column vector "
+                f"reduced over the rows (col_sum), got a {node.kind.value}"
             )
         out_dtype = node.dtype if dtype is None else as_dtype(dtype, what=f"output {name!r}: argument 'dtype'")
         if inplace is not None:
@@ -215,6 +219,17 @@ class Block:
         taken = {p.name for p in self.params} | {o.name for o in self.outputs}
         if name in taken:
             raise VerifyError(f"{op}: duplicate name {name!r} in block {self.name!r}")
+
+
+#: The kinds a block may output: row tensors, row scalars, and column reductions (weight gradients).
+OUTPUT_KINDS = (Kind.ROW, Kind.ROWS, Kind.COL)
+
+
+def _has_row_reduction(node: Node) -> bool:
+    """True when a column vector depends on the rows (a col_sum), so it is a result, not a weight."""
+    from resgen.ir.verify import reachable
+
+    return any(n.op == "col_sum" for n in reachable([node]))
 
 
 def _block_of(op: str, operands: tuple[Operand, ...]) -> Block:

@@ -28,6 +28,24 @@ def maximum(a: Operand, b: Operand) -> Value:
     return binary("maximum", a, b)
 
 
+def col_sum(v: Value) -> Value:
+    """Sum over the rows of each column: a float32 column vector (weight and bias gradients).
+
+    Deterministic: fixed-order partial sums, then a fixed-order combine; no float atomics.
+    """
+    return unary("col_sum", v)
+
+
+def eq(a: Operand, b: Operand) -> Value:
+    """1.0 where a == b, else 0.0 (elementwise)."""
+    return binary("eq", a, b)
+
+
+def gt(a: Operand, b: Operand) -> Value:
+    """1.0 where a > b, else 0.0 (elementwise)."""
+    return binary("gt", a, b)
+
+
 def row_sum(v: Value) -> Value:
     """Sum over the hidden dimension of each row: a row scalar."""
     return unary("row_sum", v)

@@ -30,12 +30,16 @@ class Kind(enum.Enum):
         return self.value
 
 
-PARAM_OPS = ("input", "weight", "scalar")
-BINARY_OPS = ("add", "sub", "mul", "div", "maximum")
+PARAM_OPS = ("input", "weight", "scalar", "row_scalar")
+#: Elementwise ops of two operands; eq and gt give 1.0 where the comparison holds, else 0.0.
+BINARY_OPS = ("add", "sub", "mul", "div", "maximum", "eq", "gt")
 UNARY_OPS = ("neg", "sqrt", "rsqrt", "abs")
 REDUCE_OPS = ("row_sum", "row_mean", "row_max")
+#: Reductions over the rows of each column: a column vector (weight and bias gradients).
+COL_REDUCE_OPS = ("col_sum",)
 COMPOSITE_OPS = ("layer_norm", "rms_norm")
-ALL_OPS = PARAM_OPS + ("const",) + BINARY_OPS + UNARY_OPS + ("cast", "dropout") + REDUCE_OPS + COMPOSITE_OPS
+ALL_OPS = (PARAM_OPS + ("const",) + BINARY_OPS + UNARY_OPS + ("cast", "dropout") + REDUCE_OPS + COL_REDUCE_OPS
+           + COMPOSITE_OPS)
 
 
 def _attr_repr(value: Any) -> str:
@@ -105,8 +109,8 @@ def _require(op: str, arg: str, node: Node, kinds: tuple[Kind, ...]) -> None:
 
 def infer(op: str, args: tuple[Node, ...], attrs: dict[str, Any]) -> tuple[Kind, DType]:
     """The kind and storage dtype of `op(args)`; raises IRTypeError naming op and argument."""
-    if op in ("input", "weight", "scalar"):
-        kind = {"input": Kind.ROW, "weight": Kind.COL, "scalar": Kind.SCALAR}[op]
+    if op in PARAM_OPS:
+        kind = {"input": Kind.ROW, "weight": Kind.COL, "scalar": Kind.SCALAR, "row_scalar": Kind.ROWS}[op]
         return kind, attrs["dtype"]
     if op == "const":
         return Kind.SCALAR, f32
@@ -122,6 +126,9 @@ def infer(op: str, args: tuple[Node, ...], attrs: dict[str, Any]) -> tuple[Kind,
     if op in REDUCE_OPS:
         _require(op, "v", args[0], (Kind.ROW,))
         return Kind.ROWS, args[0].dtype
+    if op in COL_REDUCE_OPS:
+        _require(op, "v", args[0], (Kind.ROW,))
+        return Kind.COL, f32
     if op in COMPOSITE_OPS:
         _require(op, "v", args[0], (Kind.ROW,))
         names = [n for n in ("weight", "bias") if attrs.get(n)]
@@ -132,7 +139,7 @@ def infer(op: str, args: tuple[Node, ...], attrs: dict[str, Any]) -> tuple[Kind,
 
 
 _ARITY = {**{o: 0 for o in PARAM_OPS + ("const",)}, **{o: 2 for o in BINARY_OPS}}
-_ARITY.update({o: 1 for o in UNARY_OPS + REDUCE_OPS + ("cast", "dropout")})
+_ARITY.update({o: 1 for o in UNARY_OPS + REDUCE_OPS + COL_REDUCE_OPS + ("cast", "dropout")})
 
 
 def make(op: str, args: tuple[Node, ...] = (), **attrs: Any) -> Node:

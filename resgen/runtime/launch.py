@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from resgen.codegen.plan import Entry, KernelPlan
+from resgen.codegen.plan import POINTER_ROLES, Entry, KernelPlan
 from resgen.errors import LaunchError
 from resgen.ir.block import Block
 from resgen.ir.nodes import Kind
@@ -92,6 +92,9 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
     for name, w in weights.items():
         if hidden > 1 and w.stride(-1) != 1:
             raise LaunchError(f"argument {name!r} must be contiguous, got stride {w.stride(-1)}")
+    for p in block.params_of("row_scalar"):
+        if not call.tensors[p.name].is_contiguous():
+            raise LaunchError(f"argument {p.name!r} (a row scalar) must be contiguous; call .contiguous()")
 
     outputs: dict[str, torch.Tensor] = {}
     for o in block.outputs:
@@ -112,7 +115,7 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
             shape = (*lead, hidden) if o.node.kind is Kind.ROW else lead
             outputs[o.name] = torch.empty(shape, dtype=o.dtype.torch_dtype, device=device)
 
-    everything = {**inputs, **weights, **outputs}
+    everything = {**call.tensors, **outputs}
     for a, b in overlap_pairs(block):
         ta, tb = everything[a], everything[b]
         if ta.numel() and tb.numel() and _overlaps(ta, tb):
@@ -140,7 +143,7 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
 
     args: list[tuple[str, int | float]] = []
     for p in plan.params:
-        if p.role in ("row_in", "col_in"):
+        if p.role in ("row_in", "col_in", "rowscalar_in"):
             args.append(("ptr", call.tensors[p.name].data_ptr()))
         elif p.role in ("row_out", "rowscalar_out"):
             args.append(("ptr", outputs[p.name].data_ptr()))
@@ -154,7 +157,7 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
             args.append(("i64", rows))
         else:
             raise AssertionError(f"unknown ABI role {p.role}")
-        assert p.role in ("row_in", "col_in", "row_out", "rowscalar_out") or _KINDS[p.c_type] == args[-1][0]
+        assert p.role in POINTER_ROLES or _KINDS[p.c_type] == args[-1][0]
     if plan.grid(rows) >= 2**31:
         raise LaunchError(f"{rows} rows need {plan.grid(rows)} CTAs, over CUDA's 2**31 - 1")
     return Launch(entry, tuple(args), plan.grid(rows), plan.threads, plan.smem_bytes, outputs, strides_aligned)
@@ -186,7 +189,7 @@ class LaunchTemplate:
     def of(cls, block: Block, plan: KernelPlan, launch: Launch, tensors: dict[str, torch.Tensor]) -> LaunchTemplate:
         sources = []
         for p, (_, value) in zip(plan.params, launch.args, strict=True):
-            if p.role in ("row_in", "col_in", "row_out", "rowscalar_out"):
+            if p.role in POINTER_ROLES:
                 sources.append(("ptr", p.name))
             elif p.role == "scalar":
                 sources.append(("scalar", p.name))
@@ -196,8 +199,6 @@ class LaunchTemplate:
                 sources.append(("const", value))
         inplace = {o.name: o.inplace for o in block.outputs if o.inplace}
         everything = {**tensors, **launch.outputs}
-        reads = [p.name for p in block.params if p.op != "scalar"]
-        written = [o.name for o in block.outputs]
         values = [_CTYPES[kind](0) for kind, _ in launch.args]
         return cls(
             plan=plan,
@@ -206,8 +207,9 @@ class LaunchTemplate:
             allocate=tuple((o.name, tuple(launch.outputs[o.name].shape), o.dtype.torch_dtype)
                            for o in block.outputs if o.name not in tensors and not o.inplace),
             aliases=tuple(inplace.items()),
-            outputs=tuple(written),
-            checked=tuple(n for n in reads + written if everything[n].dim() and n not in inplace),
+            outputs=tuple(o.name for o in block.outputs),
+            checked=tuple(p.name for p in block.params if p.op in ("input", "weight")) + tuple(
+                o.name for o in block.outputs if o.node.kind is Kind.ROW and not o.inplace),
             extents={n: byte_span(t)[1] - byte_span(t)[0] for n, t in everything.items()},
             pairs=tuple(overlap_pairs(block)),
             grid=launch.grid,

@@ -1,0 +1,138 @@
+"""rg.grad: the backward block derived by reverse-mode autodiff, checked against torch autograd
+through the reference, and its row-input gradients run as generated kernels on the emulator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import resgen as rg
+from resgen.codegen import lower
+from resgen.passes.autodiff import saved_statistics, with_saved_statistics
+from resgen.verification import GRAD_TOLERANCES, compare, random_inputs
+from tests.conftest import CATALOG, DTYPES
+
+
+def autograd_case(block: rg.Block, rows: int, hidden: int, seed: int = 0):
+    """(arguments, cotangents, torch autograd's gradients, the backward block's arguments)."""
+    args = random_inputs(block, (rows,), hidden, seed=seed)
+    diff = [p.name for p in block.params if p.op in ("input", "weight")]
+    leaves = {k: v.clone().requires_grad_(k in diff) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    out = rg.reference(block, **leaves, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    cotangents = {f"d_{o.name}": torch.randn(out[o.name].shape, generator=gen).to(out[o.name].dtype)
+                  for o in block.outputs}
+    grads = torch.autograd.grad([out[o.name] for o in block.outputs], [leaves[n] for n in diff],
+                                [cotangents[f"d_{o.name}"] for o in block.outputs])
+    want = {f"d_{n}": g for n, g in zip(diff, grads, strict=True)}
+    stats = rg.reference(with_saved_statistics(block), **args, seed=seed)
+    saved = {f"saved_{k}": stats[f"saved_{k}"] for k in range(len(saved_statistics(block)))}
+    return args, cotangents, want, {**args, **saved, **cotangents}
+
+
+@pytest.mark.parametrize("hidden", [1, 1000, 4097])
+@pytest.mark.parametrize("dt", DTYPES, ids=str)
+@pytest.mark.parametrize("name", CATALOG)
+def test_the_backward_block_gives_torch_autograds_gradients(name, dt, hidden):
+    block = rg.catalog[name](dt)
+    gb = rg.grad(block)
+    for rows in (1, 37):
+        _, _, want, call = autograd_case(block, rows, hidden, seed=rows)
+        got = rg.reference(gb, **{p.name: call[p.name] for p in gb.params}, seed=rows)
+        assert set(got) == set(want)
+        for key, value in want.items():
+            check = compare(key, rg.ir.dtypes.as_dtype(value.dtype, what=key), got[key], value, GRAD_TOLERANCES)
+            assert check.ok, (key, check)
+
+
+def test_weight_gradients_over_many_rows_stay_within_float32_accumulation():
+    block = rg.catalog.gpt2(rg.f32)
+    _, _, want, call = autograd_case(block, 1024, 256, seed=3)
+    gb = rg.grad(block)
+    got = rg.reference(gb, **{p.name: call[p.name] for p in gb.params})
+    for key in ("d_weight", "d_bias"):
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:Input #.* is not a double precision")  # the reference computes in float32
+def test_the_reference_passes_gradcheck():
+    block = rg.catalog.gpt2(rg.f32)
+    args = random_inputs(block, (3,), 8)
+    names = ["x", "residual", "weight", "bias"]
+
+    def fn(*tensors):
+        out = rg.reference(block, **dict(zip(names, tensors, strict=True)))
+        return out.y, out.residual_out
+
+    inputs = tuple(args[n].clone().requires_grad_(True) for n in names)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-2, atol=2e-2, rtol=2e-2, nondet_tol=1e-5)
+
+
+def test_layer_norm_backward_is_one_kernel_with_one_reduction_phase():
+    for name in ("gpt2", "llama", "bert", "parallel_residual"):
+        block = rg.catalog[name](rg.bf16)
+        rows_in = [p.name for p in block.params if p.op == "input"]
+        plan = lower(rg.grad(block, wrt=rows_in), 4096)
+        assert sum(1 for p in plan.phases if p.reductions) == 1, name
+        assert saved_statistics(block), name  # mean/rstd are read, not reduced again
+
+
+def test_norms_save_their_statistics_and_the_training_forward_writes_them():
+    assert len(saved_statistics(rg.catalog.gpt2())) == 2  # mean and rstd
+    assert len(saved_statistics(rg.catalog.llama())) == 1  # rstd
+    fwd = with_saved_statistics(rg.catalog.llama(rg.bf16))
+    assert [o.name for o in fwd.outputs] == ["residual_out", "y", "saved_0"]
+    assert rg.verify(fwd, 1000, 5, backend="emu").ok
+
+
+@pytest.mark.parametrize("hidden", [1000, 4097])
+@pytest.mark.parametrize("dt", [rg.f32, rg.bf16], ids=str)
+@pytest.mark.parametrize("name", CATALOG)
+def test_input_gradient_kernels_match_torch_autograd_on_emu(name, dt, hidden):
+    block = rg.catalog[name](dt)
+    rows_in = [p.name for p in block.params if p.op == "input"]
+    gb = rg.grad(block, wrt=rows_in)
+    kernel = rg.compile(gb, hidden, backend="emu")
+    for rows in (1, 37):
+        _, _, want, call = autograd_case(block, rows, hidden, seed=rows)
+        got = kernel(**{p.name: call[p.name] for p in gb.params}, seed=rows)
+        for key in (f"d_{n}" for n in rows_in):
+            check = compare(key, dt, got[key], want[key], GRAD_TOLERANCES)
+            assert check.ok, (key, check)
+
+
+def test_dropout_backward_regenerates_the_forward_mask_bit_for_bit():
+    b = rg.Block("drop")
+    b.output("y", rg.dropout(b.input("x"), 0.3))
+    x, dy = torch.rand(37, 1000) + 0.5, torch.ones(37, 1000)
+    kept = rg.compile(b, 1000, backend="emu")(x=x, seed=42, offset=7).y != 0
+    gb = rg.grad(b)
+    assert [p.name for p in gb.params] == ["d_y"]  # nothing stored: the mask is drawn again
+    dx = rg.compile(gb, 1000, backend="emu")(d_y=dy, seed=42, offset=7).d_x
+    assert torch.equal(dx != 0, kept)
+    assert torch.equal(dx, rg.reference(gb, d_y=dy, seed=42, offset=7).d_x)
+
+
+def test_weight_gradients_need_column_reductions_which_are_not_generated_yet():
+    with pytest.raises(rg.PlanError, match="col_sum"):
+        rg.compile(rg.grad(rg.catalog.llama()), 256, backend="emu")
+
+
+def test_grad_errors_name_what_is_wrong():
+    with pytest.raises(rg.VerifyError, match="'wrt' names \\['nope'\\]"):
+        rg.grad(rg.catalog.llama(), wrt=["nope"])
+    b = rg.Block("clash")
+    b.output("y", b.input("x") * b.input("d_y"))
+    with pytest.raises(rg.VerifyError, match="d_y"):
+        rg.grad(b)
+
+
+def test_the_backward_block_prints_and_parses_like_any_block(capsys):
+    from resgen.cli import main
+    from resgen.ir.parser import parse_block
+    from resgen.ir.printer import print_block
+
+    gb = rg.grad(rg.catalog.gemma2_sandwich(rg.bf16))
+    assert print_block(parse_block(print_block(gb))) == print_block(gb)
+    assert main(["ir", "llama", "--grad"]) == 0
+    assert "block @llama_grad" in capsys.readouterr().out
