@@ -177,7 +177,7 @@ def verify_kernel(kernel: Kernel, rows: int, seed: int = 0) -> VerifyReport:
         backings = {}
         for o in block.outputs:
             if not o.inplace:
-                shape = (rows, hidden) if o.node.kind is Kind.ROW else (rows,)
+                shape = {Kind.ROW: (rows, hidden), Kind.ROWS: (rows,), Kind.COL: (hidden,)}[o.node.kind]
                 call[o.name], backings[o.name] = guarded_output(shape, o.dtype.torch_dtype, device)
         got = kernel(**call, seed=seed)
         return {o.name: got[o.name] for o in block.outputs}, backings

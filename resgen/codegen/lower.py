@@ -12,6 +12,7 @@ import numpy as np
 
 from resgen.codegen.arch import DEFAULT_ARCH, Arch, get_arch
 from resgen.codegen.plan import (
+    ColSum,
     ColTensor,
     Dropout,
     Entry,
@@ -28,7 +29,7 @@ from resgen.codegen.plan import (
 from resgen.errors import PlanError
 from resgen.ir.block import Block
 from resgen.ir.dtypes import DType, bf16, f16
-from resgen.ir.nodes import PARAM_OPS, REDUCE_OPS, Kind, Node
+from resgen.ir.nodes import COL_REDUCE_OPS, PARAM_OPS, REDUCE_OPS, Kind, Node
 from resgen.ir.printer import print_block
 from resgen.passes import pipeline
 from resgen.reference import dropout_scale
@@ -39,6 +40,10 @@ REGISTER_OVERHEAD = 40
 DROPOUT_REGISTERS = 40
 #: The most cached floats per thread we allow in registers, whatever the thread count.
 MAX_CACHED_FLOATS = 96
+#: A kernel with column reductions runs at most this many CTAs (clusters), each looping over row
+#: groups: a fixed number (not the GPU's), so the partial sums, and the result's bits, are the same
+#: on every device and on the emulator.
+PERSISTENT_CTAS = 264
 #: The heuristic's largest CTA: 1024 threads would cap every thread at 64 registers.
 MAX_HEURISTIC_THREADS = 512
 
@@ -119,21 +124,24 @@ def smem_layout(block: Block, hidden: int, config: LaunchConfig, phases: int) ->
 def _phases(block: Block) -> int:
     """Passes over the row: one per reduction stage, and one more for outputs that need the last."""
     stage = _stages(block)
-    reductions = [stage[n.args[0]] for n in block.body if n.op in REDUCE_OPS]
+    reductions = [stage[n.args[0]] for n in block.body if n.op in REDUCE_OPS + COL_REDUCE_OPS]
     row_outputs = [stage[o.node] for o in block.outputs if o.node.kind is Kind.ROW]
     return 1 + max(reductions + row_outputs + [0])
 
 
 def check_config(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> None:
     """Raise PlanError when `config` cannot run `block` at `hidden` on `arch` without spilling."""
-    if config.cache == "registers":
-        floats = cached_floats(block, hidden, config)
+    col_sums = sum(n.op == "col_sum" for n in block.body)
+    if config.cache == "registers" or col_sums:
+        floats = (cached_floats(block, hidden, config) if config.cache == "registers" else 0) + (
+            col_sums * chunks_per_thread(hidden, config) * config.vec)
         overhead = REGISTER_OVERHEAD + (DROPOUT_REGISTERS if any(n.op == "dropout" for n in block.body) else 0)
         budget = min(MAX_CACHED_FLOATS, min(255, arch.regs_per_sm // config.threads) - overhead)
         if floats > budget:
             raise PlanError(
-                f"config {config}: caching the row in registers needs {floats} floats per thread, over the "
-                f"budget of {budget} at {config.threads} threads/CTA; use cache=smem or cache=global, or more threads"
+                f"config {config}: the row cache and column-reduction accumulators need {floats} floats per thread "
+                f"in registers, over the budget of {budget} at {config.threads} threads/CTA; use cache=smem or "
+                f"cache=global, or more threads"
             )
     total = smem_layout(block, hidden, config, _phases(block)).total
     if total > arch.max_dynamic_smem:
@@ -178,7 +186,8 @@ def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH,
             break
         except PlanError:
             continue
-    assert choice is not None, "cache=global always fits"
+    if choice is None:  # nothing fits at this shape (e.g. column-reduction accumulators): search for one
+        return _fit(block, hidden, target, LaunchConfig(tpr, rows_per_cta, vec, "global"), dict(fixed or {}))
     return _fit(block, hidden, target, choice, dict(fixed)) if fixed else choice
 
 
@@ -333,9 +342,10 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     """The KernelPlan of `block` specialized for `hidden` (the heuristic picks `config` when None)."""
     target = get_arch(arch)
     low = pipeline(block, check_hidden(hidden))
-    if any(n.op == "col_sum" for n in low.body):
-        raise PlanError(f"block {block.name!r}: col_sum (a column reduction: weight and bias gradients) has a "
-                        f"reference but no generated kernel yet; rg.grad(block, wrt=[...row inputs]) compiles")
+    for o in low.outputs:
+        if o.node.kind is Kind.COL and o.node.op != "col_sum":
+            raise PlanError(f"output {o.name!r}: a column output must be a col_sum itself (the finalize kernel "
+                            f"only sums), got {o.node.op}; output the col_sum and finish the arithmetic after")
     config = config or default_config(low, hidden, arch)
     check_config(low, hidden, config, target)
     namer = _Namer(low)
@@ -363,11 +373,14 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     def store_phase(o) -> int:
         return last if o.inplace else stage[o.node]
 
+    col_sums = tuple(ColSum(i, namer.ref(o.node.args[0]), o.name, o.dtype.c_type)
+                     for i, o in enumerate(o for o in low.outputs if o.node.kind is Kind.COL))
     phases = []
     for s in range(last + 1):
         reds = [r for r in reductions if stage[r.args[0]] == s]
         stores = [o for o in row_outputs if store_phase(o) == s]
-        nodes = _closure([r.args[0] for r in reds] + [o.node for o in stores], order)
+        cols = [o for o in low.outputs if o.node.kind is Kind.COL and stage[o.node.args[0]] == s]
+        nodes = _closure([r.args[0] for r in reds] + [o.node for o in stores] + [o.node.args[0] for o in cols], order)
         direct = [o.node for o in stores] + [r.args[0] for r in reds]  # outputs or reductions of a bare input
         inputs_needed = _params_used(nodes, "input") | {n.name for n in direct if n.op == "input"}
         loads, cached = _phase_inputs(s, config.cache, row_in, inputs_needed)
@@ -388,6 +401,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
             row_scalar_stores=tuple(
                 RowScalarStore(o.name, o.dtype.c_type, namer.ref(o.node))
                 for o in low.outputs if o.node.kind is Kind.ROWS and stage[o.node] == s + 1),
+            col_sums=tuple(c for c in col_sums if c.out in {o.name for o in cols}),
         ))
 
     prologue = tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in low.body if n.kind is Kind.SCALAR
@@ -395,7 +409,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     row_prologue = tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in low.body
                          if n.kind is Kind.ROWS and stage[n] == 0 and n.op not in REDUCE_OPS + PARAM_OPS)
     uses_dropout = any(n.op == "dropout" for n in low.body)
-    params = _abi(low, row_in, row_out, uses_dropout)
+    params = _abi(low, row_in, row_out, uses_dropout, col_sums)
     dtypes = {d for d in row_dtypes(low)} | {p.dtype for p in low.params} | {o.dtype for o in low.outputs} | {
         n.attr("dtype") for n in low.body if n.op == "cast"}
     includes = tuple(h for d, h in ((f16, "cuda_fp16.h"), (bf16, "cuda_bf16.h")) if d in dtypes)
@@ -411,7 +425,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         hidden=hidden,
         iters=iters,
         tail=hidden % (config.threads_per_row * config.vec * config.cluster) != 0,
-        unroll=iters if config.cache == "registers" else min(iters, 1 if uses_dropout else 2),
+        unroll=iters if config.cache == "registers" or col_sums else min(iters, 1 if uses_dropout else 2),
         smem_bytes=smem.total,
         smem_pitch=smem.pitch,
         smem_scratch=smem.scratch,
@@ -427,6 +441,12 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         uses_dropout=uses_dropout,
         reductions=len(reductions),
         entries=_entries(low, kernel_name(low, hidden, config), config.vec),
+        col_sums=col_sums,
+        persistent_ctas=PERSISTENT_CTAS if col_sums else 0,
+        finalize=Entry(f"{kernel_name(low, hidden, config)}_colsum", False, 1) if col_sums else None,
+        finalize_params=tuple(Param("workspace", c.ws, "const float* __restrict__") for c in col_sums) + tuple(
+            Param("col_out", c.out, f"{c.c_type}* __restrict__") for c in col_sums) + (
+            Param("parts", "parts", "long long"),) if col_sums else (),
     )
 
 
@@ -439,8 +459,10 @@ def _entries(block: Block, name: str, vec: int) -> tuple[Entry, ...]:
     return (Entry(name, True, align), Entry(f"{name}_narrow", False, 1))
 
 
-def _abi(block: Block, row_in: dict[str, RowTensor], row_out: dict[str, RowTensor], dropout: bool) -> tuple[Param, ...]:
-    """The kernel's parameters in order: inputs by declaration, outputs, then seed/offset and rows."""
+def _abi(block: Block, row_in: dict[str, RowTensor], row_out: dict[str, RowTensor], dropout: bool,
+         col_sums: tuple[ColSum, ...]) -> tuple[Param, ...]:
+    """The kernel's parameters in order: inputs by declaration, outputs, the column reductions'
+    workspaces, then seed/offset and rows (column outputs are the finalize kernel's)."""
     params: list[Param] = []
     for p in block.params:
         if p.op == "input":
@@ -458,8 +480,9 @@ def _abi(block: Block, row_in: dict[str, RowTensor], row_out: dict[str, RowTenso
             restrict = " __restrict__" if row_out[o.name].restrict else ""
             params += [Param("row_out", o.name, f"{o.dtype.c_type}*{restrict}", dtype=o.dtype.name),
                        Param("stride", f"{o.name}_stride", "long long", of=o.name)]
-        else:
+        elif o.node.kind is Kind.ROWS:
             params.append(Param("rowscalar_out", o.name, f"{o.dtype.c_type}* __restrict__", dtype=o.dtype.name))
+    params += [Param("workspace", c.ws, "float* __restrict__") for c in col_sums]
     if dropout:
         params += [Param("seed", "seed", "unsigned long long"), Param("offset", "offset", "unsigned long long")]
     params.append(Param("rows", "rows", "long long"))

@@ -110,8 +110,8 @@ def _int(name: str, value: str) -> int:
 ROLES = {"ptr": "p", "stride": "s", "row": "r", "cache": "c", "values": "v", "scalar": "a"}
 
 
-#: ABI roles whose argument is a tensor's data pointer.
-POINTER_ROLES = ("row_in", "row_out", "col_in", "rowscalar_in", "rowscalar_out")
+#: ABI roles whose argument is a tensor's data pointer (workspace: a column reduction's partial sums).
+POINTER_ROLES = ("row_in", "row_out", "col_in", "rowscalar_in", "rowscalar_out", "col_out", "workspace")
 
 
 def ident(role: str, name: str) -> str:
@@ -197,6 +197,30 @@ class RowScalarStore:
 
 
 @dataclass(frozen=True)
+class ColSum:
+    """A column reduction (col_sum): each thread adds its columns of every row it sees into
+    registers `acc`, writes them to its row of the float32 workspace `ws`, and the finalize kernel
+    sums the workspace's rows in order into the output `out` (deterministic, no atomics)."""
+
+    index: int
+    value: str  # the per-element expression accumulated
+    out: str  # the output's user name
+    c_type: str  # the output's storage type
+
+    @property
+    def acc(self) -> str:
+        return f"k{self.index}"
+
+    @property
+    def ws(self) -> str:
+        return f"rg_ws{self.index}"
+
+    @property
+    def ptr(self) -> str:
+        return ident("ptr", self.out)
+
+
+@dataclass(frozen=True)
 class Phase:
     """One pass over the row's columns; ends with its reductions and the row scalars they unlock."""
 
@@ -210,6 +234,7 @@ class Phase:
     stores: tuple[Store, ...]
     after: tuple[str, ...]  # C statements computing row scalars once the reductions are done
     row_scalar_stores: tuple[RowScalarStore, ...]
+    col_sums: tuple[ColSum, ...] = ()  # column reductions whose value this phase computes
 
 
 @dataclass(frozen=True)
@@ -225,6 +250,8 @@ class Param:
 
     @property
     def c_name(self) -> str:
+        if self.role == "workspace":
+            return self.name
         if self.role in POINTER_ROLES:
             return ident("ptr", self.name)
         if self.role == "stride":
@@ -277,13 +304,29 @@ class KernelPlan:
     uses_dropout: bool
     reductions: int
     entries: tuple[Entry, ...]
+    col_sums: tuple[ColSum, ...] = ()
+    persistent_ctas: int = 0  # > 0: CTAs (clusters) loop over row groups, at most this many of them
+    finalize: Entry | None = None  # the kernel that sums the column reductions' partials
+    finalize_params: tuple[Param, ...] = ()
 
     @property
     def threads(self) -> int:
         return self.config.threads
 
     def grid(self, rows: int) -> int:
-        return math.ceil(rows / self.config.rows_per_cta) * self.config.cluster
+        groups = math.ceil(rows / self.config.rows_per_cta)
+        if self.persistent_ctas:
+            groups = min(groups, self.persistent_ctas)
+        return groups * self.config.cluster
+
+    def partials(self, rows: int) -> int:
+        """Rows of each column reduction's workspace: one per CTA slot that looped over row groups."""
+        return self.grid(rows) // self.config.cluster * self.config.rows_per_cta
+
+    FINALIZE_THREADS = 256
+
+    def finalize_grid(self) -> int:
+        return math.ceil(self.hidden / self.FINALIZE_THREADS)
 
     def summary(self) -> list[str]:
         c = self.config

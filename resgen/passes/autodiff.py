@@ -70,6 +70,7 @@ class _Tape:
             if n not in self.primal:
                 self.primal[n] = make(n.op, tuple(self.primal[a] for a in n.args), **dict(n.attrs))
         self.adjoint: dict[Node, Node] = {}
+        self.per_row: dict[Node, Node] = {}  # column vectors: the per-row sum of their contributions
 
     def param(self, op: str, name: str, dtype) -> Node:
         node = make(op, name=name, dtype=dtype)
@@ -82,12 +83,23 @@ class _Tape:
             return  # runtime scalars and constants are not differentiated
         if node.kind is Kind.ROWS and value.kind is Kind.ROW:
             value = make("row_sum", (value,))
-        elif node.kind is Kind.COL and value.kind is Kind.ROW:
-            value = make("col_sum", (value,))
+        elif node.kind is Kind.COL and value.kind is Kind.ROW:  # summed over the rows once, in `get`
+            old = self.per_row.get(node)
+            self.per_row[node] = value if old is None else make("add", (old, value))
+            return
         elif node.kind is Kind.COL and value.kind is Kind.ROWS:
             raise VerifyError(f"grad: a column vector's adjoint would be a row scalar (at {node.op})")
         old = self.adjoint.get(node)
         self.adjoint[node] = value if old is None else make("add", (old, value))
+
+    def get(self, node: Node) -> Node | None:
+        """The adjoint of `node` once every use has contributed (one col_sum per column vector)."""
+        rows = self.per_row.pop(node, None)
+        if rows is not None:
+            total = make("col_sum", (rows,))
+            old = self.adjoint.get(node)
+            self.adjoint[node] = total if old is None else make("add", (old, total))
+        return self.adjoint.get(node)
 
 
 def _op(name: str, *args: Node | float, **attrs) -> Node:
@@ -165,13 +177,14 @@ def grad(block: Block, wrt: Sequence[str] | None = None) -> Block:
     for o in low.outputs:
         tape.add(o.node, tape.param(cotangent_op[o.node.kind], f"d_{o.name}", o.dtype))
     for n in reversed(low.body):  # a saved statistic is an input of the backward, but its gradient still flows
-        if n in tape.adjoint:
-            _backprop(tape, n, tape.adjoint[n])
+        adjoint = tape.get(n)
+        if adjoint is not None:
+            _backprop(tape, n, adjoint)
     outputs = []
     for p in low.params:
         if p.name not in names:
             continue
-        adj = tape.adjoint.get(p)
+        adj = tape.get(p)
         if adj is None or adj.kind is not p.kind:
             raise VerifyError(f"grad: the gradient of {p.op} {p.name!r} does not depend on its columns one by one "
                               f"(it would be {adj.kind if adj is not None else 'zero'}); not supported yet")

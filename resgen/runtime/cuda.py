@@ -50,7 +50,8 @@ class CudaBackend:
         with self._lock, Device(device):
             if device not in self._functions:
                 module = driver.moduleLoadData(self.binary.cubin)
-                handles = {e.name: driver.moduleGetFunction(module, e.name) for e in self.plan.entries}
+                entries = self.plan.entries + ((self.plan.finalize,) if self.plan.finalize else ())
+                handles = {e.name: driver.moduleGetFunction(module, e.name) for e in entries}
                 if self.plan.smem_bytes > _SMEM_WITHOUT_OPT_IN:
                     for handle in handles.values():
                         driver.funcSetAttribute(handle, _MAX_DYNAMIC_SMEM, self.plan.smem_bytes)

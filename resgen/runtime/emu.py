@@ -162,7 +162,8 @@ class EmuBackend:
 
     def _load(self) -> dict[str, ctypes._CFuncPtr]:
         self.lib = ctypes.CDLL(str(self.path))  # held so the library stays loaded
-        return {e.name: getattr(self.lib, f"{e.name}_launch") for e in self.plan.entries}
+        entries = self.plan.entries + ((self.plan.finalize,) if self.plan.finalize else ())
+        return {e.name: getattr(self.lib, f"{e.name}_launch") for e in entries}
 
     def set_schedule(self, schedule: str, seed: int = 0) -> None:
         """Run later launches under `schedule` (forward, reverse, random) with `seed`."""

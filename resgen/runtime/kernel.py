@@ -123,12 +123,20 @@ class Kernel:
                                       template.smem_bytes, template.device)
                     return Outputs(outputs)
         launch = self.prepare(**kwargs)
+        device = next(iter(launch.outputs.values())).device
         if launch.grid:
             params, _values = launch.kernel_params()
-            device = next(iter(launch.outputs.values())).device
-            self._observe({**{k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}, **launch.outputs})
+            self._observe({**{k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}, **launch.outputs,
+                           **launch.scratch})
             self._backend.run(launch.entry.name, params, launch.grid, launch.threads, launch.smem_bytes, device)
-            if len(self._templates) < self.MAX_TEMPLATES:
+        if launch.finalize is not None:  # column reductions: sum the partials (zeros when there are no rows)
+            params, _values = launch.finalize_params()
+            self._observe({**launch.outputs, **launch.scratch})
+            self._backend.run(self.plan.finalize.name, params, self.plan.finalize_grid(), self.plan.FINALIZE_THREADS,
+                              0, device)
+        if launch.grid:
+            # Kernels with column reductions always take this checked path (it allocates their workspace).
+            if len(self._templates) < self.MAX_TEMPLATES and not self.plan.col_sums:
                 tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
                 self._templates[key] = LaunchTemplate.of(self.block, self.plan, launch, tensors)
         return Outputs(launch.outputs)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from resgen.codegen.plan import POINTER_ROLES, Entry, KernelPlan
+from resgen.codegen.plan import POINTER_ROLES, Entry, KernelPlan, Param
 from resgen.errors import LaunchError
 from resgen.ir.block import Block
 from resgen.ir.nodes import Kind
@@ -33,11 +33,21 @@ class Launch:
     smem_bytes: int
     outputs: dict[str, torch.Tensor]
     strides_aligned: bool = True
+    finalize: tuple[tuple[str, int | float], ...] | None = None  # the column reductions' second kernel
+    scratch: dict[str, torch.Tensor] = field(default_factory=dict)  # their workspaces, alive for the call
 
     def kernel_params(self) -> tuple[ctypes.Array, list[ctypes._SimpleCData]]:
         """The `void* args[]` array both backends launch with, and the values it points to (keep alive)."""
-        values = [_CTYPES[kind](value) for kind, value in self.args]
-        return param_array(values), values
+        return marshal(self.args)
+
+    def finalize_params(self) -> tuple[ctypes.Array, list[ctypes._SimpleCData]]:
+        assert self.finalize is not None
+        return marshal(self.finalize)
+
+
+def marshal(args: tuple[tuple[str, int | float], ...]) -> tuple[ctypes.Array, list[ctypes._SimpleCData]]:
+    values = [_CTYPES[kind](value) for kind, value in args]
+    return param_array(values), values
 
 
 def param_array(values: list[ctypes._SimpleCData]) -> ctypes.Array:
@@ -112,7 +122,7 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
                 raise LaunchError(f"output argument {o.name!r} (a row scalar) must be contiguous")
             outputs[o.name] = given
         else:
-            shape = (*lead, hidden) if o.node.kind is Kind.ROW else lead
+            shape = {Kind.ROW: (*lead, hidden), Kind.ROWS: lead, Kind.COL: (hidden,)}[o.node.kind]
             outputs[o.name] = torch.empty(shape, dtype=o.dtype.torch_dtype, device=device)
 
     everything = {**call.tensors, **outputs}
@@ -141,27 +151,31 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
     aligned = strides_aligned and all(t.data_ptr() % wide.align == 0 for t in row_tensors + list(weights.values()))
     entry = wide if aligned else plan.entries[-1]
 
-    args: list[tuple[str, int | float]] = []
-    for p in plan.params:
-        if p.role in ("row_in", "col_in", "rowscalar_in"):
-            args.append(("ptr", call.tensors[p.name].data_ptr()))
-        elif p.role in ("row_out", "rowscalar_out"):
-            args.append(("ptr", outputs[p.name].data_ptr()))
-        elif p.role == "stride":
-            args.append(("i64", strides[p.of]))
-        elif p.role == "scalar":
-            args.append(("f32", call.scalars[p.name]))
-        elif p.role in ("seed", "offset"):
-            args.append(("u64", getattr(call, p.role)))
-        elif p.role == "rows":
-            args.append(("i64", rows))
-        else:
-            raise AssertionError(f"unknown ABI role {p.role}")
-        assert p.role in POINTER_ROLES or _KINDS[p.c_type] == args[-1][0]
+    workspaces = {c.ws: torch.empty((plan.partials(rows), hidden), dtype=torch.float32, device=device)
+                  for c in plan.col_sums}
+    pointers = {**call.tensors, **outputs, **workspaces}
+
+    def value(p: Param) -> tuple[str, int | float]:
+        if p.role in POINTER_ROLES:
+            return "ptr", pointers[p.name].data_ptr()
+        if p.role == "stride":
+            return "i64", strides[p.of]
+        if p.role == "scalar":
+            return "f32", call.scalars[p.name]
+        if p.role in ("seed", "offset"):
+            return "u64", getattr(call, p.role)
+        if p.role == "rows":
+            return "i64", rows
+        if p.role == "parts":
+            return "i64", plan.partials(rows)
+        raise AssertionError(f"unknown ABI role {p.role}")
+
+    args = tuple(value(p) for p in plan.params)
     if plan.grid(rows) >= 2**31:
         raise LaunchError(f"{rows} rows need {plan.grid(rows)} CTAs, over CUDA's 2**31 - 1")
-    return Launch(entry, tuple(args), plan.grid(rows), plan.threads, plan.smem_bytes, outputs, strides_aligned)
-
+    finalize = tuple(value(p) for p in plan.finalize_params) if plan.finalize else None
+    return Launch(entry, args, plan.grid(rows), plan.threads, plan.smem_bytes, outputs, strides_aligned,
+                  finalize, workspaces)
 
 
 @dataclass
