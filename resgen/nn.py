@@ -1,9 +1,9 @@
 """torch.nn modules on resgen kernels: drop-in fused residual-add + norm layers.
 
 Parameters carry the names Hugging Face models use (`weight`, `bias`), so a state dict loads
-unchanged. A module compiles its kernel for the device and dtypes it first sees (the cuda backend
-for CUDA tensors, emu for CPU tensors) and keeps one per device. Forward only: until resgen derives
-backward kernels, backward raises instead of returning wrong gradients.
+unchanged. A module compiles its kernel for the device it first sees (the cuda backend for CUDA
+tensors, emu for CPU tensors) and keeps one per device and settings. Trainable: the backward is the
+kernel resgen derives from the same block (`rg.grad`).
 """
 
 from __future__ import annotations
@@ -17,23 +17,6 @@ import resgen.ir.builder as rgb
 from resgen.ir.block import Block
 from resgen.ir.dtypes import as_dtype, f32
 from resgen.runtime.kernel import Kernel, compile
-
-
-class _ForwardOnly(torch.autograd.Function):
-    """Runs a compiled kernel; its backward raises (no gradient kernels yet)."""
-
-    @staticmethod
-    def forward(ctx: Any, kernel: Kernel, names: tuple[str, ...], *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = kernel(**dict(zip(names, tensors, strict=True)))
-        return out.y, out.residual_out
-
-    @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> None:
-        raise NotImplementedError(
-            "resgen.nn modules are forward-only for now: resgen does not yet generate backward kernels, "
-            "and returning gradients from an unfused fallback silently would hide that. Use them under "
-            "torch.no_grad() / torch.inference_mode(), or a torch implementation for training."
-        )
 
 
 class _FusedAddNorm(nn.Module):
@@ -75,10 +58,11 @@ class _FusedAddNorm(nn.Module):
         return h, residual_dtype
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (norm(x + residual), x + residual), the residual in its own stream dtype."""
-        names = tuple(["x", "residual"] + [n for n, _ in self.named_parameters()])
-        tensors = (x, residual, *self.parameters())
-        return _ForwardOnly.apply(self._kernel(x.device), names, *tensors)
+        """Return (norm(x + residual), x + residual), the residual in its own stream dtype. Trainable:
+        with grad mode on, the call records the generated backward (weights get float32-accumulated
+        gradients, rounded to their dtype)."""
+        out = self._kernel(x.device)(x=x, residual=residual, **dict(self.named_parameters()))
+        return out.y, out.residual_out
 
 
 class FusedAddRMSNorm(_FusedAddNorm):

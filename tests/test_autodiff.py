@@ -151,3 +151,32 @@ def test_the_backward_block_prints_and_parses_like_any_block(capsys):
     assert print_block(parse_block(print_block(gb))) == print_block(gb)
     assert main(["ir", "llama", "--grad"]) == 0
     assert "block @llama_grad" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dt", [rg.f32, rg.bf16], ids=str)
+@pytest.mark.parametrize("name", CATALOG)
+def test_kernel_calls_are_autograd_ops_matching_the_reference(name, dt):
+    block = rg.catalog[name](dt)
+    kernel = rg.compile(block, 1000, backend="emu")
+    args, cotangents, want, _ = autograd_case(block, 9, 1000, seed=4)
+    diff = [p.name for p in block.params if p.op in ("input", "weight")]
+    leaves = {k: v.clone().requires_grad_(k in diff) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    call = dict(leaves)
+    if any(o.inplace for o in block.outputs):  # torch's rule: a leaf that requires grad is not overwritten
+        call = {k: v * 1 if isinstance(v, torch.Tensor) and v.requires_grad else v for k, v in leaves.items()}
+    out = kernel(**call, seed=4)
+    targets = [leaves[n] for n in diff]
+    got = torch.autograd.grad([out[o.name] for o in block.outputs], targets,
+                              [cotangents[f"d_{o.name}"] for o in block.outputs])
+    for n, g in zip(diff, got, strict=True):
+        check = compare(f"d_{n}", rg.ir.dtypes.as_dtype(g.dtype, what=n), g, want[f"d_{n}"], GRAD_TOLERANCES)
+        assert check.ok, (n, check)
+
+
+def test_cotangents_of_the_wrong_dtype_name_the_argument():
+    block = rg.catalog.llama(rg.bf16)
+    gb = rg.grad(block)
+    args = random_inputs(gb, (3,), 64)
+    args["d_y"] = args["d_y"].float()
+    with pytest.raises(rg.LaunchError, match="'d_y' must have dtype torch.bfloat16"):
+        rg.compile(gb, 64, backend="emu")(**args)

@@ -139,16 +139,30 @@ def test_in_place_output_passed_as_another_tensor_is_rejected_on_the_warm_path()
 
 # ---- gradients are never silently dropped ----
 
-def test_inputs_that_require_grad_are_refused_until_backward_exists():
+def test_inputs_that_require_grad_get_gradients_on_both_paths():
     block = rg.catalog.llama(rg.f32)
     k = rg.compile(block, 64, backend="emu")
     args = random_inputs(block, (2,), 64)
-    k(**args)  # a warm layout first: both paths must refuse
-    args["weight"].requires_grad_(True)
-    with pytest.raises(rg.LaunchError, match=r"\['weight'\] require grad"):
-        k(**args)
+    k(**args)  # a warm layout first: the autograd call must not take the plain warm path
+    weight = args["weight"].clone().requires_grad_(True)
+    out = k(**{**args, "weight": weight})
+    assert out.y.grad_fn is not None and out.residual_out.grad_fn is not None
+    (out.y.sum()).backward()
+    w2 = args["weight"].clone().requires_grad_(True)
+    rg.reference(block, **{**args, "weight": w2}).y.sum().backward()
+    torch.testing.assert_close(weight.grad, w2.grad, rtol=1e-4, atol=1e-4)
     with torch.no_grad():
-        assert k(**args).y.shape == (2, 64)
+        assert k(**{**args, "weight": weight}).y.grad_fn is None
+
+
+def test_double_backward_is_a_clear_error():
+    block = rg.catalog.llama(rg.f32)
+    k = rg.compile(block, 64, backend="emu")
+    args = random_inputs(block, (2,), 64)
+    x = args["x"].requires_grad_(True)
+    (g,) = torch.autograd.grad(k(**args).y.square().sum(), [x], create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate"):
+        torch.autograd.grad(g.sum(), [x])
 
 
 # ---- the cache ----

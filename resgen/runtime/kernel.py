@@ -14,6 +14,7 @@ from resgen.codegen.arch import DEFAULT_ARCH
 from resgen.codegen.plan import KernelPlan
 from resgen.errors import BackendUnavailableError, LaunchError, PlanError
 from resgen.ir.block import Block
+from resgen.runtime.autograd import Training, call_with_grad, needs_grad
 from resgen.runtime.compile import compile_for_device
 from resgen.runtime.launch import Launch, LaunchTemplate, prepare
 from resgen.runtime.nvrtc import Resources, parse_resources
@@ -74,6 +75,7 @@ class Kernel:
         self._templates: dict[tuple, LaunchTemplate] = {}
         self._scalars = tuple(p.name for p in block.params_of("scalar"))
         self._lock = threading.Lock()
+        self.training: Training | None = None  # the kernels autograd uses, compiled on the first such call
 
     @property
     def backend(self) -> str:
@@ -100,13 +102,11 @@ class Kernel:
 
     def __call__(self, **kwargs: Any) -> Outputs:
         """Run the kernel. A call whose tensors have the layout of an earlier call takes the warm path:
-        no allocation but the outputs not passed in, no synchronization, capturable in a CUDA graph."""
-        if torch.is_grad_enabled():
-            needs_grad = [k for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.requires_grad]
-            if needs_grad:
-                raise LaunchError(
-                    f"argument(s) {needs_grad} require grad, but resgen kernels have no backward yet: their outputs "
-                    f"would silently carry no gradient. Call under torch.no_grad() (or pass .detach()ed tensors)")
+        no allocation but the outputs not passed in, no synchronization, capturable in a CUDA graph.
+        With grad mode on and a row input or weight that requires grad, the call is an autograd op
+        (resgen.runtime.autograd): its outputs carry a grad_fn whose backward is a generated kernel."""
+        if needs_grad(kwargs):  # an autograd op: the training forward now, the generated backward later
+            return call_with_grad(self, kwargs)
         key = tuple((k, v.shape, v.stride(), v.dtype, v.device) if isinstance(v, torch.Tensor) else (k, None)
                     for k, v in kwargs.items())
         template = self._templates.get(key)
