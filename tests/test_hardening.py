@@ -256,8 +256,7 @@ BAD_CALLS = [
 ]
 
 
-@pytest.mark.parametrize("argv", BAD_CALLS, ids=[" ".join(a) for a in BAD_CALLS])
-def test_bad_cli_calls_give_one_line_and_exit_2(argv, tmp_path):
+def bad_call_files(tmp_path: Path) -> dict[str, str]:
     files = {
         "garbage": tmp_path / "garbage.json", "wrong_shape": tmp_path / "shape.json", "dir": tmp_path / "d",
         "dir_rgir": tmp_path / "d.rgir", "garbage_rgir": tmp_path / "g.rgir",
@@ -267,13 +266,29 @@ def test_bad_cli_calls_give_one_line_and_exit_2(argv, tmp_path):
     files["dir"].mkdir()
     files["dir_rgir"].mkdir()
     files["garbage_rgir"].write_text('block @b(hidden = H) {\n  %0 = const __import__("os") : scalar<f32>\n}\n')
-    argv = [a.format(**{k: str(v) for k, v in files.items()}) for a in argv]
+    return {k: str(v) for k, v in files.items()}
+
+
+@pytest.mark.parametrize("argv", BAD_CALLS, ids=[" ".join(a) for a in BAD_CALLS])
+def test_bad_cli_calls_give_one_line_and_exit_2(argv, tmp_path, capsys, monkeypatch):
+    from resgen.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    files = bad_call_files(tmp_path)
+    argv = [a.format(**files) for a in argv]
+    assert main(argv) == 2  # an exception escaping main would be the traceback
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"resgen {argv[0]}: error:"), lines
+
+
+@pytest.mark.parametrize("argv", [BAD_CALLS[0], ["ir", "{garbage_rgir}"]], ids=["bench", "ir"])
+def test_a_bad_call_prints_no_traceback_from_the_command_line(argv, tmp_path):
+    files = bad_call_files(tmp_path)
+    argv = [a.format(**files) for a in argv]
     result = subprocess.run([sys.executable, "-m", "resgen.cli", *argv], capture_output=True, text=True,
                             timeout=300, cwd=tmp_path)
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"resgen {argv[0]}: error:"), result.stderr
+    assert "Traceback" not in result.stderr and result.returncode == 2, result.stderr
+    assert len([ln for ln in result.stderr.splitlines() if ln.strip()]) == 1
 
 
 def test_compile_refuses_a_dict_config():

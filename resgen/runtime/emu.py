@@ -1,5 +1,6 @@
 """The `emu` backend: the emitted CUDA compiled by the host C++ compiler against resgen's SIMT
-runtime (templates/simt_runtime.h), loaded with ctypes and run on torch CPU tensors."""
+runtime (templates/simt_runtime.h, and libresgen_emu.so built once from simt_runtime.cpp), loaded
+with ctypes and run on torch CPU tensors."""
 
 from __future__ import annotations
 
@@ -90,15 +91,46 @@ def _precompiled_header(root: Path, flags: tuple[str, ...]) -> Path | None:
     return folder
 
 
+def runtime_library_dir() -> Path:
+    """The folder holding libresgen_emu.so: the emulator's scheduler, launches and sanitizer
+    (templates/simt_runtime.cpp), built once per toolchain and linked by every emulated kernel."""
+    return _runtime_library(cache_root())
+
+
+@functools.cache
+def _runtime_library(root: Path) -> Path:
+    from resgen import __version__
+
+    compiler, version = host_compiler()
+    sources = [template_dir() / "simt_runtime.h", template_dir() / "simt_runtime.cpp"]
+    key = cache_key(*(f.read_text() for f in sources), " ".join(HOST_FLAGS), " ".join(_include_flags()), version,
+                    __version__)
+    folder = root / "emu" / f"rt-{key[:24]}"
+    target = folder / "libresgen_emu.so"
+    if is_verified(target):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
+        out = Path(tmp) / "libresgen_emu.so"
+        result = subprocess.run([compiler, *HOST_FLAGS, *_include_flags(), str(sources[1]), "-o", str(out)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise CompileError(f"the host compiler could not build the emulator runtime:\n{result.stderr[:4000]}")
+        install_verified(out, target)
+    return folder
+
+
 def _build(text: str, name: str, target: Path, flags: tuple[str, ...]) -> None:
     compiler, _ = host_compiler()
     target.parent.mkdir(parents=True, exist_ok=True)
     pch = precompiled_header_dir(flags)
+    runtime = runtime_library_dir()
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         src = Path(tmp) / f"{_unit(name)}.cpp"
         src.write_text(text)
         out = Path(tmp) / "kernel.so"
-        cmd = [compiler, *flags, *([f"-I{pch}"] if pch else []), *_include_flags(), str(src), "-o", str(out)]
+        cmd = [compiler, *flags, *([f"-I{pch}"] if pch else []), *_include_flags(), str(src), "-o", str(out),
+               f"-L{runtime}", "-lresgen_emu", f"-Wl,-rpath,{runtime}"]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise CompileError(_format_error(result.stderr, text, name))
@@ -144,7 +176,7 @@ class EmuBackend:
         self.flags = HOST_FLAGS + (SANITIZE_FLAGS if sanitize else ())
         text = host_source(plan, source)
         compiler, version = host_compiler()
-        key = cache_key(text, " ".join(self.flags), version, __version__)
+        key = cache_key(text, " ".join(self.flags), version, __version__, str(runtime_library_dir()))
         self.path = cache_root() / "emu" / f"{_unit(plan.name)}-{key[:24]}.so"
         if not is_verified(self.path):
             _build(text, plan.name, self.path, self.flags)
@@ -194,6 +226,7 @@ class EmuBackend:
     def run(self, entry: str, params: ctypes.Array, grid: int, threads: int, smem_bytes: int,
             device: torch.device) -> None:
         err = ctypes.create_string_buffer(512)
+        self.lib.rg_emu_set_sanitizing(int(self.sanitize))  # the runtime is shared by every kernel
         status = self._launchers[entry](params, grid, threads, smem_bytes, err, len(err))
         if status != 0:
             raise LaunchError(f"emu: {entry}: {err.value.decode()}")
