@@ -23,12 +23,19 @@ def default_out() -> Path:
 
 
 def generated_files() -> dict[str, str]:
-    """File name -> emitted source, for every catalog block at every GENERATED_HIDDEN size."""
-    return {
+    """File name -> emitted source, for every catalog block at every GENERATED_HIDDEN size, and its
+    backward (rg.grad) at the first size."""
+    from resgen.passes.autodiff import grad
+
+    forward = {
         f"{name}_{bf16}_h{hidden}.cu": emit(entry(bf16), hidden, arch=GENERATED_ARCH)
         for name, entry in catalog.items()
         for hidden in GENERATED_HIDDEN
     }
+    backward = {f"{name}_grad_{bf16}_h{GENERATED_HIDDEN[0]}.cu": emit(grad(entry(bf16)), GENERATED_HIDDEN[0],
+                                                                    arch=GENERATED_ARCH)
+                for name, entry in catalog.items()}
+    return {**forward, **backward}
 
 
 def stale_files(out: Path) -> list[str]:

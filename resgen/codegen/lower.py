@@ -328,12 +328,16 @@ def regenerate_hint(block: Block, hidden: int, config: LaunchConfig, arch: str) 
     """How to emit this kernel again: a `resgen emit` command when the block is a catalog entry
     (the same structure as `rg.catalog[name](dtype)`), else the Python call."""
     from resgen.catalog import catalog
+    from resgen.passes.autodiff import grad
 
     dtypes = sorted({p.dtype for p in block.params if p.op != "scalar"}, key=lambda d: d.name)
-    if block.name in catalog:
+    base, is_grad = (block.name[:-len("_grad")], True) if block.name.endswith("_grad") else (block.name, False)
+    if base in catalog:
         for dt in dtypes:
-            if catalog[block.name](dt).key == block.key:
-                return (f"`resgen emit {block.name} --dtype {dt} --hidden {hidden} --arch {arch} "
+            candidate = catalog[base](dt)
+            if (grad(candidate) if is_grad else candidate).key == block.key:
+                flag = " --grad" if is_grad else ""
+                return (f"`resgen emit {base}{flag} --dtype {dt} --hidden {hidden} --arch {arch} "
                         f"--config {config}`")
     return f"`rg.emit(block, hidden={hidden}, arch={arch!r}, config={str(config)!r})` on the block below"
 
