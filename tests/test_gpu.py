@@ -220,3 +220,23 @@ def test_bench_produces_records_in_the_shared_format():
         assert ("call_us" in r) == (r["rows"] <= bench.LATENCY_ROWS)
     compiled = [r for r in records if r["system"] == "compile"]
     assert all(r["ran"] == "torch.compile (inductor)" for r in compiled), compiled
+
+
+@pytest.mark.parametrize("backend, hidden", per_backend([1000], [4096, 16384]))
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
+def test_kernel_gradients_match_torch_autograd(backend, hidden, name):
+    from resgen.verification import GRAD_TOLERANCES
+
+    block = rg.catalog[name](rg.bf16)
+    device = device_of(backend)
+    args = random_inputs(block, (33,), hidden, seed=8, device=device)
+    diff = [p.name for p in block.params if p.op in ("input", "weight")]
+    results = []
+    for run in (rg.compile(block, hidden, backend=backend), lambda **a: rg.reference(block, **a)):
+        leaves = {k: v.clone().requires_grad_(k in diff) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+        out = run(**leaves, seed=8)
+        loss = sum((out[o.name].float() * (i + 1)).square().mean() for i, o in enumerate(block.outputs))
+        results.append(torch.autograd.grad(loss, [leaves[n] for n in diff]))
+    for n, got, want in zip(diff, *results, strict=True):
+        check = compare(f"d_{n}", rg.bf16, got, want, GRAD_TOLERANCES)
+        assert check.ok, (n, check)
