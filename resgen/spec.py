@@ -46,15 +46,19 @@ def _load_ir(path: str, dtype: DType | str | None) -> Block:
 
     if dtype is not None:
         raise SpecError(f"SPEC {path!r} is textual IR with fixed dtypes; --dtype does not apply")
+    return parse_block(read_user_file(path, "a textual-IR file"))
+
+
+def read_user_file(path: str | Path, what: str) -> str:
+    """The text of a file the user named; SpecError says in one line why it cannot be read."""
     try:
-        text = Path(path).read_text()
+        return Path(path).read_text()
     except FileNotFoundError:
-        raise SpecError(f"SPEC file {path!r} does not exist") from None
+        raise SpecError(f"{path}: no such file (expected {what})") from None
     except IsADirectoryError:
-        raise SpecError(f"SPEC {path!r} is a directory, not a textual-IR file") from None
+        raise SpecError(f"{path}: is a directory, not {what}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"SPEC file {path!r} cannot be read: {exc}") from None
-    return parse_block(text)
+        raise SpecError(f"{path}: cannot be read as {what}: {exc}") from None
 
 
 def _load_file(path: str) -> object:

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,25 +71,15 @@ def precompiled_header_dir(flags: tuple[str, ...] = HOST_FLAGS) -> Path | None:
 
 @functools.cache
 def _precompiled_header(root: Path, flags: tuple[str, ...]) -> Path | None:
-    from resgen import __version__
-
     compiler, version = host_compiler()
     header = template_dir() / "simt_runtime.h"
-    key = cache_key(header.read_text(), " ".join(flags), " ".join(_include_flags()), version, __version__)
-    folder = root / "emu" / f"pch-{key[:24]}"
-    target = folder / "simt_runtime.h.gch"
-    if is_verified(target):
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
-        out = Path(tmp) / "simt_runtime.h.gch"
-        pch_flags = [f for f in flags if f != "-shared"]
-        result = subprocess.run([compiler, *pch_flags, *_include_flags(), "-x", "c++-header", str(header), "-o", str(out)],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            return None
-        install_verified(out, target)
-    return folder
+    pch_flags = [f for f in flags if f != "-shared"]
+    try:
+        return _built_once(root, "pch", "simt_runtime.h.gch", (header.read_text(), " ".join(flags)),
+                           lambda out: [compiler, *pch_flags, *_include_flags(), "-x", "c++-header", str(header),
+                                        "-o", str(out)])
+    except CompileError:
+        return None
 
 
 def runtime_library_dir() -> Path:
@@ -99,23 +90,31 @@ def runtime_library_dir() -> Path:
 
 @functools.cache
 def _runtime_library(root: Path) -> Path:
+    compiler, _ = host_compiler()
+    sources = [template_dir() / "simt_runtime.h", template_dir() / "simt_runtime.cpp"]
+    return _built_once(root, "rt", "libresgen_emu.so", tuple(f.read_text() for f in sources) + (" ".join(HOST_FLAGS),),
+                       lambda out: [compiler, *HOST_FLAGS, *_include_flags(), str(sources[1]), "-o", str(out)])
+
+
+def _built_once(root: Path, kind: str, name: str, inputs: tuple[str, ...],
+                command: Callable[[Path], list[str]]) -> Path:
+    """The folder `<root>/emu/<kind>-<key>` holding `name`, built by `command(out)` the first time
+    (keyed by `inputs`, the include folders, the compiler and resgen's version; sealed and checked
+    before use, so a damaged one is built again). CompileError when the compiler fails."""
     from resgen import __version__
 
-    compiler, version = host_compiler()
-    sources = [template_dir() / "simt_runtime.h", template_dir() / "simt_runtime.cpp"]
-    key = cache_key(*(f.read_text() for f in sources), " ".join(HOST_FLAGS), " ".join(_include_flags()), version,
-                    __version__)
-    folder = root / "emu" / f"rt-{key[:24]}"
-    target = folder / "libresgen_emu.so"
+    _, version = host_compiler()
+    key = cache_key(*inputs, " ".join(_include_flags()), version, __version__)
+    folder = root / "emu" / f"{kind}-{key[:24]}"
+    target = folder / name
     if is_verified(target):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
-        out = Path(tmp) / "libresgen_emu.so"
-        result = subprocess.run([compiler, *HOST_FLAGS, *_include_flags(), str(sources[1]), "-o", str(out)],
-                                capture_output=True, text=True)
+        out = Path(tmp) / name
+        result = subprocess.run(command(out), capture_output=True, text=True)
         if result.returncode != 0:
-            raise CompileError(f"the host compiler could not build the emulator runtime:\n{result.stderr[:4000]}")
+            raise CompileError(f"the host compiler could not build the emulator's {name}:\n{result.stderr[:4000]}")
         install_verified(out, target)
     return folder
 

@@ -245,14 +245,13 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 
 def load(path: Path) -> list[dict[str, Any]]:
     """Records stored by `resgen bench --json`; SpecError says what is wrong with any other file."""
+    from resgen.spec import read_user_file
+
+    text = read_user_file(path, "a resgen benchmark JSON file")
     try:
-        records = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise SpecError(f"{path}: is a directory, not a benchmark JSON file") from None
-    except (ValueError, OSError) as exc:
-        raise SpecError(f"{path}: not a resgen benchmark JSON ({type(exc).__name__}: {exc})") from None
+        records = json.loads(text)
+    except ValueError as exc:
+        raise SpecError(f"{path}: not a resgen benchmark JSON ({exc})") from None
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise SpecError(f"{path}: not a resgen benchmark JSON (expected a list of records)")
     for i, r in enumerate(records):
