@@ -59,6 +59,11 @@ class BoundCall:
         return math.prod(self.lead)
 
 
+def value_shape(kind: Kind, lead: tuple[int, ...], hidden: int) -> tuple[int, ...]:
+    """The tensor shape of a value of `kind` for rows of leading shape `lead`."""
+    return {Kind.ROW: (*lead, hidden), Kind.ROWS: lead, Kind.COL: (hidden,)}[kind]
+
+
 def check_scalar(name: str, value: Any) -> float:
     """A runtime scalar argument as a float; a one-element tensor is accepted."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -108,7 +113,7 @@ def bind(block: Block, kwargs: Mapping[str, Any], *, allow_outputs: bool = False
     lead = tuple(first.shape[:-1])
     for name, t in tensors.items():
         op = params[name].op
-        expected = {"input": (*lead, hidden), "weight": (hidden,), "row_scalar": lead}[op]
+        expected = value_shape(params[name].kind, lead, hidden)
         if tuple(t.shape) != expected:
             what = {"input": "[..., hidden] like the other row inputs", "weight": "[hidden]",
                     "row_scalar": "[...], one value per row of the row inputs"}[op]
@@ -125,7 +130,7 @@ def bind(block: Block, kwargs: Mapping[str, Any], *, allow_outputs: bool = False
     for name in outputs:
         if name in kwargs:
             o = outputs[name]
-            shape = {Kind.ROW: (*lead, hidden), Kind.COL: (hidden,), Kind.ROWS: lead}[o.node.kind]
+            shape = value_shape(o.node.kind, lead, hidden)
             t = _check_tensor(name, kwargs[name], o.dtype.torch_dtype)
             if tuple(t.shape) != shape:
                 raise LaunchError(f"output argument {name!r} must have shape {list(shape)}, got {list(t.shape)}")

@@ -13,8 +13,8 @@ from resgen.codegen import LaunchConfig
 from resgen.errors import BackendUnavailableError, LaunchError
 from resgen.ir.block import Block
 from resgen.ir.dtypes import DType, bf16, f16, f32
-from resgen.ir.nodes import Kind
 from resgen.reference import reference
+from resgen.signature import value_shape
 
 if TYPE_CHECKING:
     from resgen.runtime.kernel import Kernel
@@ -89,7 +89,7 @@ def random_inputs(block: Block, lead: tuple[int, ...], hidden: int, *, seed: int
         if p.op == "scalar":
             args[p.name] = 0.5 + torch.rand((), generator=gen, device=device).item()
             continue
-        shape = {"input": (*lead, hidden), "weight": (hidden,), "row_scalar": lead}[p.op]
+        shape = value_shape(p.kind, lead, hidden)
         values = torch.randn(shape, generator=gen, device=device)
         if p.op == "weight":
             values = 1.0 + 0.5 * values
@@ -177,8 +177,8 @@ def verify_kernel(kernel: Kernel, rows: int, seed: int = 0) -> VerifyReport:
         backings = {}
         for o in block.outputs:
             if not o.inplace:
-                shape = {Kind.ROW: (rows, hidden), Kind.ROWS: (rows,), Kind.COL: (hidden,)}[o.node.kind]
-                call[o.name], backings[o.name] = guarded_output(shape, o.dtype.torch_dtype, device)
+                call[o.name], backings[o.name] = guarded_output(value_shape(o.node.kind, (rows,), hidden),
+                                                                o.dtype.torch_dtype, device)
         got = kernel(**call, seed=seed)
         return {o.name: got[o.name] for o in block.outputs}, backings
 

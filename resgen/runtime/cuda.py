@@ -17,14 +17,20 @@ _MAX_DYNAMIC_SMEM = 8
 _SMEM_WITHOUT_OPT_IN = 48 * 1024
 
 
+_thread = threading.local()
+
+
 def make_context_current(device: int) -> None:
     """Give this thread a current CUDA context when it has none (a thread torch has never used):
     the driver calls below need one, and CuPy's and torch's device guards skip setting the device
-    when the runtime already names it current."""
+    when the runtime already names it current. Asked once per thread, not on every launch."""
+    if getattr(_thread, "has_context", False):
+        return
     from cupy.cuda import driver, runtime
 
     if driver.ctxGetCurrent() == 0:
         runtime.setDevice(device)
+    _thread.has_context = True
 
 
 class CudaBackend:

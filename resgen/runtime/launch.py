@@ -15,7 +15,7 @@ from resgen.codegen.plan import POINTER_ROLES, Entry, KernelPlan, Param
 from resgen.errors import LaunchError
 from resgen.ir.block import Block
 from resgen.ir.nodes import Kind
-from resgen.signature import BoundCall
+from resgen.signature import BoundCall, value_shape
 
 #: ABI C type -> marshalling kind: a device pointer, a 64-bit signed or unsigned int, a float.
 _KINDS = {"long long": "i64", "unsigned long long": "u64", "float": "f32"}
@@ -122,8 +122,8 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
                 raise LaunchError(f"output argument {o.name!r} (a row scalar) must be contiguous")
             outputs[o.name] = given
         else:
-            shape = {Kind.ROW: (*lead, hidden), Kind.ROWS: lead, Kind.COL: (hidden,)}[o.node.kind]
-            outputs[o.name] = torch.empty(shape, dtype=o.dtype.torch_dtype, device=device)
+            outputs[o.name] = torch.empty(value_shape(o.node.kind, lead, hidden), dtype=o.dtype.torch_dtype,
+                                          device=device)
 
     everything = {**call.tensors, **outputs}
     for a, b in overlap_pairs(block):
