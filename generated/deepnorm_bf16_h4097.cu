@@ -5,8 +5,8 @@
 //   arch        sm_90
 //   hidden      4097 (9 chunk(s) of 1 per thread, predicated tail)
 //   launch      512 threads/CTA = 1 row(s) x 512 threads (cta-per-row)
-//   row cache   registers
-//   shared mem  128 bytes dynamic (row cache, reduction partials)
+//   row cache   registers (residual, x kept between phases)
+//   shared mem  128 bytes dynamic (reduction partials)
 //   phases      3 (2 reduction(s))
 //
 // Names: p_<name> is a tensor argument, s_<name> its row stride, r_<name> this row of it, c_<name>
@@ -196,13 +196,13 @@ __device__ __forceinline__ void rg_deepnorm_bf16_h4097_t512_r1_v1_reg_body(
     const int lane = threadIdx.x % TPR;  // this thread's place within its row
     const int slot = threadIdx.x / TPR;  // which of the CTA's rows
     const int crank = 0;
+    RG_DYNAMIC_SMEM(rg_smem);
     const long long row = (long long)(blockIdx.x / CLUSTER) * ROWS_PER_CTA + slot;
     const bool in_row = row < rows;  // threads past the last row still join reductions, never store
     const long long src_row = in_row ? row : 0;  // they read row 0 instead, so every load stays in bounds
     const __nv_bfloat16* r_residual = p_residual + src_row * s_residual;
     const __nv_bfloat16* r_x = p_x + src_row * s_x;
     __nv_bfloat16* r_y = p_y + src_row * s_y;
-    RG_DYNAMIC_SMEM(rg_smem);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
     float c_residual[ITERS][VEC];  // the row stays in registers between phases
     float c_x[ITERS][VEC];  // the row stays in registers between phases

@@ -5,8 +5,8 @@
 //   arch        sm_90
 //   hidden      4097 (9 chunk(s) of 1 per thread, predicated tail)
 //   launch      512 threads/CTA = 1 row(s) x 512 threads (cta-per-row)
-//   row cache   registers
-//   shared mem  128 bytes dynamic (row cache, reduction partials)
+//   row cache   registers (x, residual kept between phases)
+//   shared mem  128 bytes dynamic (reduction partials)
 //   phases      3 (2 reduction(s))
 //
 // Names: p_<name> is a tensor argument, s_<name> its row stride, r_<name> this row of it, c_<name>
@@ -202,6 +202,7 @@ __device__ __forceinline__ void rg_gemma2_sandwich_bf16_h4097_t512_r1_v1_reg_bod
     const int lane = threadIdx.x % TPR;  // this thread's place within its row
     const int slot = threadIdx.x / TPR;  // which of the CTA's rows
     const int crank = 0;
+    RG_DYNAMIC_SMEM(rg_smem);
     const long long row = (long long)(blockIdx.x / CLUSTER) * ROWS_PER_CTA + slot;
     const bool in_row = row < rows;  // threads past the last row still join reductions, never store
     const long long src_row = in_row ? row : 0;  // they read row 0 instead, so every load stays in bounds
@@ -209,7 +210,6 @@ __device__ __forceinline__ void rg_gemma2_sandwich_bf16_h4097_t512_r1_v1_reg_bod
     const __nv_bfloat16* r_residual = p_residual + src_row * s_residual;
     __nv_bfloat16* r_residual_out = p_residual_out + src_row * s_residual_out;
     __nv_bfloat16* r_y = p_y + src_row * s_y;
-    RG_DYNAMIC_SMEM(rg_smem);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
     float c_x[ITERS][VEC];  // the row stays in registers between phases
     float c_residual[ITERS][VEC];  // the row stays in registers between phases
@@ -222,8 +222,6 @@ __device__ __forceinline__ void rg_gemma2_sandwich_bf16_h4097_t512_r1_v1_reg_bod
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
         float (&v_x)[VEC] = c_x[it];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
-        float (&v_residual)[VEC] = c_residual[it];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
             const float t2 = v_x[j] * v_x[j];
@@ -243,8 +241,9 @@ __device__ __forceinline__ void rg_gemma2_sandwich_bf16_h4097_t512_r1_v1_reg_bod
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
+        float (&v_residual)[VEC] = c_residual[it];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
         const float (&v_x)[VEC] = c_x[it];
-        const float (&v_residual)[VEC] = c_residual[it];
         float v_post_weight[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_post_weight, col0, v_post_weight);
         float v_residual_out[VEC];

@@ -5,8 +5,9 @@
 //   arch        sm_90
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (smem-staged)
-//   row cache   smem
-//   shared mem  32800 bytes dynamic (row cache, reduction partials)
+//   row cache   smem (x, residual, d_residual_out, d_y kept between phases)
+//   col sums    2 accumulated in shared memory, 264 persistent CTAs, then a finalize kernel
+//   shared mem  65568 bytes dynamic (row cache, column sums, reduction partials)
 //   phases      3 (2 reduction(s))
 //
 // Names: p_<name> is a tensor argument, s_<name> its row stride, r_<name> this row of it, c_<name>
@@ -234,8 +235,21 @@ __device__ __forceinline__ void rg_gemma2_sandwich_grad_bf16_h4096_t128_r1_v8_sm
     const int lane = threadIdx.x % TPR;  // this thread's place within its row
     const int slot = threadIdx.x / TPR;  // which of the CTA's rows
     const int crank = 0;
-    float k0[ITERS][VEC] = {};  // this thread's columns of d_post_weight, summed over its rows
-    float k1[ITERS][VEC] = {};  // this thread's columns of d_pre_weight, summed over its rows
+    RG_DYNAMIC_SMEM(rg_smem);
+    // this thread's columns of d_post_weight, summed over its rows (its own part of shared memory: no barrier)
+    float* const k0 = reinterpret_cast<float*>(rg_smem + 32768) + slot * 4096;
+#pragma unroll
+    for (int it = 0; it < ITERS; ++it) {
+        const float zero[VEC] = {};
+        rg_store<float, VEC, ITERS * TPR * VEC, true>(k0, (it * TPR + lane) * VEC, zero);
+    }
+    // this thread's columns of d_pre_weight, summed over its rows (its own part of shared memory: no barrier)
+    float* const k1 = reinterpret_cast<float*>(rg_smem + 49152) + slot * 4096;
+#pragma unroll
+    for (int it = 0; it < ITERS; ++it) {
+        const float zero[VEC] = {};
+        rg_store<float, VEC, ITERS * TPR * VEC, true>(k1, (it * TPR + lane) * VEC, zero);
+    }
     // Persistent: each CTA loops over row groups, so the column sums need one partial per CTA slot.
     for (long long group = blockIdx.x / CLUSTER; group < (rows + ROWS_PER_CTA - 1) / ROWS_PER_CTA;
          group += gridDim.x / CLUSTER) {
@@ -256,8 +270,7 @@ __device__ __forceinline__ void rg_gemma2_sandwich_grad_bf16_h4096_t128_r1_v8_sm
     const float rs9 = v_saved_1 * v_saved_1;
     const float rs10 = v_saved_1 * rs9;
     const float rs11 = rs10 * (-0.5f);
-    RG_DYNAMIC_SMEM(rg_smem);
-    float* const scratch = reinterpret_cast<float*>(rg_smem + 32768);  // per-warp partials
+    float* const scratch = reinterpret_cast<float*>(rg_smem + 65536);  // per-warp partials
     __nv_bfloat16* c_x = reinterpret_cast<__nv_bfloat16*>(rg_smem + 0) + slot * 4096;  // the row waits here between phases
     __nv_bfloat16* c_residual = reinterpret_cast<__nv_bfloat16*>(rg_smem + 8192) + slot * 4096;  // the row waits here between phases
     __nv_bfloat16* c_d_residual_out = reinterpret_cast<__nv_bfloat16*>(rg_smem + 16384) + slot * 4096;  // the row waits here between phases
@@ -275,9 +288,6 @@ __device__ __forceinline__ void rg_gemma2_sandwich_grad_bf16_h4096_t128_r1_v8_sm
         float v_residual[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
         rg_store<__nv_bfloat16, VEC, ITERS * TPR * VEC, true>(c_residual, lcol0, v_residual);
-        float v_d_residual_out[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_residual_out, col0, v_d_residual_out);
-        rg_store<__nv_bfloat16, VEC, ITERS * TPR * VEC, true>(c_d_residual_out, lcol0, v_d_residual_out);
         float v_d_y[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_y, col0, v_d_y);
         rg_store<__nv_bfloat16, VEC, ITERS * TPR * VEC, true>(c_d_y, lcol0, v_d_y);
@@ -285,6 +295,8 @@ __device__ __forceinline__ void rg_gemma2_sandwich_grad_bf16_h4096_t128_r1_v8_sm
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_post_weight, col0, v_post_weight);
         float v_pre_weight[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_pre_weight, col0, v_pre_weight);
+        float k1_v[VEC];
+        rg_load<float, VEC, ITERS * TPR * VEC, true>(k1, lcol0, k1_v);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
             const float t5 = 1.0f + v_post_weight[j];
@@ -299,8 +311,9 @@ __device__ __forceinline__ void rg_gemma2_sandwich_grad_bf16_h4096_t128_r1_v8_sm
             if (!TAIL || col0 + j < HIDDEN) {
                 rs15 += t14;
             }
-            if (in_row && (!TAIL || col0 + j < HIDDEN)) k1[it][j] += t36;
+            if (in_row && (!TAIL || col0 + j < HIDDEN)) k1_v[j] += t36;
         }
+        rg_store<float, VEC, ITERS * TPR * VEC, true>(k1, lcol0, k1_v);
     }
     rs15 = rg_row_reduce<rg_sum, TPR>(rs15, scratch + (0 * ROWS_PER_CTA + slot) * WARPS, lane);
     const float rs16 = rs11 * rs15;
@@ -312,12 +325,13 @@ __device__ __forceinline__ void rg_gemma2_sandwich_grad_bf16_h4096_t128_r1_v8_sm
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
+        float v_d_residual_out[VEC];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_residual_out, col0, v_d_residual_out);
+        rg_store<__nv_bfloat16, VEC, ITERS * TPR * VEC, true>(c_d_residual_out, lcol0, v_d_residual_out);
         float v_x[VEC];
         rg_load<__nv_bfloat16, VEC, ITERS * TPR * VEC, true>(c_x, lcol0, v_x);
         float v_residual[VEC];
         rg_load<__nv_bfloat16, VEC, ITERS * TPR * VEC, true>(c_residual, lcol0, v_residual);
-        float v_d_residual_out[VEC];
-        rg_load<__nv_bfloat16, VEC, ITERS * TPR * VEC, true>(c_d_residual_out, lcol0, v_d_residual_out);
         float v_d_y[VEC];
         rg_load<__nv_bfloat16, VEC, ITERS * TPR * VEC, true>(c_d_y, lcol0, v_d_y);
         float v_post_weight[VEC];
@@ -325,6 +339,8 @@ __device__ __forceinline__ void rg_gemma2_sandwich_grad_bf16_h4096_t128_r1_v8_sm
         float v_pre_weight[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_pre_weight, col0, v_pre_weight);
         float v_d_residual[VEC];
+        float k0_v[VEC];
+        rg_load<float, VEC, ITERS * TPR * VEC, true>(k0, lcol0, k0_v);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
             const float t5 = 1.0f + v_post_weight[j];
@@ -345,8 +361,9 @@ __device__ __forceinline__ void rg_gemma2_sandwich_grad_bf16_h4096_t128_r1_v8_sm
             if (!TAIL || col0 + j < HIDDEN) {
                 rs26 += t25;
             }
-            if (in_row && (!TAIL || col0 + j < HIDDEN)) k0[it][j] += t33;
+            if (in_row && (!TAIL || col0 + j < HIDDEN)) k0_v[j] += t33;
         }
+        rg_store<float, VEC, ITERS * TPR * VEC, true>(k0, lcol0, k0_v);
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_residual, col0, v_d_residual);
     }
     rs26 = rg_row_reduce<rg_sum, TPR>(rs26, scratch + (1 * ROWS_PER_CTA + slot) * WARPS, lane);
@@ -400,8 +417,12 @@ __device__ __forceinline__ void rg_gemma2_sandwich_grad_bf16_h4096_t128_r1_v8_sm
 #pragma unroll
         for (int it = 0; it < ITERS; ++it) {
             const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;
-            rg_store<float, VEC, HIDDEN, true>(rg_ws0 + part * HIDDEN, col0, k0[it]);
-            rg_store<float, VEC, HIDDEN, true>(rg_ws1 + part * HIDDEN, col0, k1[it]);
+            float k0_v[VEC];
+            rg_load<float, VEC, ITERS * TPR * VEC, true>(k0, (it * TPR + lane) * VEC, k0_v);
+            rg_store<float, VEC, HIDDEN, true>(rg_ws0 + part * HIDDEN, col0, k0_v);
+            float k1_v[VEC];
+            rg_load<float, VEC, ITERS * TPR * VEC, true>(k1, (it * TPR + lane) * VEC, k1_v);
+            rg_store<float, VEC, HIDDEN, true>(rg_ws1 + part * HIDDEN, col0, k1_v);
         }
     }
 }

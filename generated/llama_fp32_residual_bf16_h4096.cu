@@ -5,8 +5,8 @@
 //   arch        sm_90
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
-//   row cache   registers
-//   shared mem  16 bytes dynamic (row cache, reduction partials)
+//   row cache   registers (x, residual kept between phases)
+//   shared mem  16 bytes dynamic (reduction partials)
 //   phases      2 (1 reduction(s))
 //
 // Names: p_<name> is a tensor argument, s_<name> its row stride, r_<name> this row of it, c_<name>
@@ -190,6 +190,7 @@ __device__ __forceinline__ void rg_llama_fp32_residual_bf16_h4096_t128_r1_v8_reg
     const int lane = threadIdx.x % TPR;  // this thread's place within its row
     const int slot = threadIdx.x / TPR;  // which of the CTA's rows
     const int crank = 0;
+    RG_DYNAMIC_SMEM(rg_smem);
     const long long row = (long long)(blockIdx.x / CLUSTER) * ROWS_PER_CTA + slot;
     const bool in_row = row < rows;  // threads past the last row still join reductions, never store
     const long long src_row = in_row ? row : 0;  // they read row 0 instead, so every load stays in bounds
@@ -197,7 +198,6 @@ __device__ __forceinline__ void rg_llama_fp32_residual_bf16_h4096_t128_r1_v8_reg
     const float* r_residual = p_residual + src_row * s_residual;
     float* r_residual_out = p_residual_out + src_row * s_residual_out;
     __nv_bfloat16* r_y = p_y + src_row * s_y;
-    RG_DYNAMIC_SMEM(rg_smem);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
     float c_x[ITERS][VEC];  // the row stays in registers between phases
     float c_residual[ITERS][VEC];  // the row stays in registers between phases

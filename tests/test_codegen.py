@@ -47,7 +47,8 @@ def test_heuristic_covers_every_family():
     assert default_config(llama, 128).family == "warp-per-row"
     assert default_config(llama, 128).threads_per_row == 4
     assert default_config(llama, 4096).family == "cta-per-row"
-    assert default_config(llama, 65536, "sm_90").family == "global-staged"
+    assert default_config(llama, 65536, "sm_90").family == "cluster-smem"  # the row stays on chip
+    assert default_config(llama, 65536, "sm_80").family == "global-staged"  # no clusters: re-read
     assert default_config(rg.catalog.parallel_residual(rg.bf16), 16384).family == "smem-staged"
     assert default_config(llama, 4097).vec == 1  # odd sizes cannot use vectors
     assert default_config(rg.catalog.llama(rg.f32), 4096).vec == 4  # 16 bytes of f32
@@ -244,10 +245,22 @@ def test_the_cost_model_counts_rereads_that_miss_l2(capsys):
 
     from resgen.cli import main
 
-    assert main(["inspect", "gpt2", "--hidden", "65536", "--config", "cache=global", "--json"]) == 0
+    assert main(["inspect", "gpt2", "--hidden", "65536", "--config", "cache=global,cluster=1", "--json"]) == 0
     big = json.loads(capsys.readouterr().out)
     assert big["hbm_bytes"] > 1.4 * big["ideal_bytes"]  # x and residual read again in two more phases
-    assert main(["inspect", "gpt2", "--hidden", "65536", "--config", "cache=global", "--rows", "4", "--json"]) == 0
+    assert main(["inspect", "gpt2", "--hidden", "65536", "--config", "cache=global,cluster=1", "--rows", "4", "--json"]) == 0
     few = json.loads(capsys.readouterr().out)
     assert few["hbm_bytes"] == few["ideal_bytes"] and few["waves"] == 1  # four rows stay in L2
     assert few["predicted_fraction"] < big["predicted_fraction"]  # four CTAs cannot fill the GPU
+
+
+@pytest.mark.parametrize("hidden", [4096, 8192, 16384])
+@pytest.mark.parametrize("name", CATALOG)
+def test_backward_kernels_do_not_spill_and_use_128_bit_accesses(name, hidden):
+    plan, source = plan_and_source(rg.grad(rg.catalog[name](rg.bf16)), hidden, None, "sm_90")
+    binary = compile_for_device(source, plan.name, "sm_90")
+    r = parse_resources(binary.log, plan.entries[0].name)  # the aligned entry every aligned call takes
+    assert (r.spill_stores, r.spill_loads, r.stack_frame) == (0, 0, 0), (plan.config, r)
+    assert binary.access_bits == {"load": 128, "store": 128}
+    if plan.col_sums_in_smem:  # column sums moved out of registers have their shared memory
+        assert plan.smem_bytes >= 4 * hidden // plan.config.cluster * len(plan.col_sums)

@@ -46,7 +46,7 @@ def ctas_per_sm(config: LaunchConfig, registers: int, smem_bytes: int, arch: str
 def loads_in_flight(plan: KernelPlan) -> int:
     """Bytes of row input one thread can have in flight in the first phase (its loads are issued
     before their first use across `plan.unroll` chunks)."""
-    per_chunk = sum(t.itemsize * plan.config.vec for t in plan.row_inputs)
+    per_chunk = sum(t.itemsize * plan.config.vec for t in plan.phases[0].loads)
     return per_chunk * plan.unroll
 
 
@@ -57,7 +57,11 @@ def traffic(plan: KernelPlan, rows: int) -> tuple[int, int]:
     outputs = sum(t.itemsize for t in plan.row_outputs) * rows * h
     weights = sum(_itemsize(p.dtype) for p in plan.params if p.role == "col_in") * h
     scalars = sum(_itemsize(p.dtype) for p in plan.params if p.role == "rowscalar_out") * rows
-    reread = sum(t.itemsize for phase in plan.phases[1:] for t in phase.loads) * rows * h
+    seen: set[str] = set()
+    reread = 0
+    for phase in plan.phases:  # a phase reading an input an earlier phase read (cache=global) reads it again
+        reread += sum(t.itemsize for t in phase.loads if t.name in seen) * rows * h
+        seen |= {t.name for t in phase.loads}
     return inputs + outputs + weights + scalars, reread
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,8 @@ REGISTER_OVERHEAD = 40
 DROPOUT_REGISTERS = 40
 #: The most cached floats per thread we allow in registers, whatever the thread count.
 MAX_CACHED_FLOATS = 96
+#: Column-reduction accumulators over this many floats per thread live in shared memory instead.
+MAX_REGISTER_COL_FLOATS = 16
 #: A kernel with column reductions runs at most this many CTAs (clusters), each looping over row
 #: groups: a fixed number (not the GPU's), so the partial sums, and the result's bits, are the same
 #: on every device and on the emulator.
@@ -86,8 +88,52 @@ def chunks_per_thread(hidden: int, config: LaunchConfig) -> int:
     return math.ceil(hidden / (config.threads_per_row * config.vec * config.cluster))
 
 
+def phase_inputs(block: Block) -> list[set[str]]:
+    """The row inputs each phase's values need (per phase, by name)."""
+    order = {n: i for i, n in enumerate(block.body)}
+    stage = _stages(block)
+    last = _phases(block) - 1
+    needs = []
+    for s in range(last + 1):
+        roots = [n.args[0] for n in block.body if n.op in REDUCE_OPS + COL_REDUCE_OPS and stage[n.args[0]] == s]
+        roots += [o.node for o in block.outputs if o.node.kind is Kind.ROW and (last if o.inplace else stage[o.node]) == s]
+        nodes = _closure(roots, order)
+        needs.append(_params_used(nodes, "input") | {n.name for n in roots if n.op == "input"})
+    return needs
+
+
+def cached_inputs(block: Block, config: LaunchConfig) -> list[str]:
+    """Row inputs kept on chip between phases: those a later phase needs again after the phase that
+    first reads them (liveness over phases). An input only one phase needs is read there, once,
+    and never cached; with cache=global nothing is."""
+    if config.cache == "global":
+        return []
+    needs = phase_inputs(block)
+    return [p.name for p in block.params_of("input") if sum(p.name in n for n in needs) > 1]
+
+
 def cached_floats(block: Block, hidden: int, config: LaunchConfig) -> int:
-    return chunks_per_thread(hidden, config) * config.vec * len(block.params_of("input"))
+    return chunks_per_thread(hidden, config) * config.vec * len(cached_inputs(block, config))
+
+
+def col_sum_floats(block: Block, hidden: int, config: LaunchConfig) -> int:
+    """Floats per thread the column reductions' accumulators hold."""
+    return sum(n.op == "col_sum" for n in block.body) * chunks_per_thread(hidden, config) * config.vec
+
+
+def register_budget(block: Block, config: LaunchConfig, arch: Arch) -> int:
+    """Floats per thread the row cache and column accumulators may keep in registers."""
+    overhead = REGISTER_OVERHEAD + (DROPOUT_REGISTERS if any(n.op == "dropout" for n in block.body) else 0)
+    return min(MAX_CACHED_FLOATS, min(255, arch.regs_per_sm // config.threads) - overhead)
+
+
+def col_sums_in_smem(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> bool:
+    """Column-reduction accumulators live in shared memory (each thread its own columns, so no
+    barrier) when they would not fit in registers beside the row cache, or are over
+    MAX_REGISTER_COL_FLOATS; the sum's order, and its bits, are the same either way."""
+    floats = col_sum_floats(block, hidden, config)
+    cached = cached_floats(block, hidden, config) if config.cache == "registers" else 0
+    return floats > MAX_REGISTER_COL_FLOATS or cached + floats > register_budget(block, config, arch)
 
 
 @dataclass(frozen=True)
@@ -97,28 +143,33 @@ class SmemLayout:
 
     pitch: int  # elements of one row this CTA caches
     cache_offsets: dict[str, int]
+    col_sums: int  # byte offset of the column accumulators (when they live in shared memory)
     scratch: int
     partials: int
     total: int
 
 
-def smem_layout(block: Block, hidden: int, config: LaunchConfig, phases: int) -> SmemLayout:
+def smem_layout(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> SmemLayout:
     def up16(n: int) -> int:
         return -(-n // 16) * 16
 
     pitch = -(-(chunks_per_thread(hidden, config) * config.threads_per_row * config.vec) // 8) * 8
     offsets, total = {}, 0
-    if config.cache == "smem" and phases > 1:
+    if config.cache == "smem":
         for p in block.params_of("input"):
-            offsets[p.name] = total
-            total += up16(pitch * p.dtype.itemsize * config.rows_per_cta)
+            if p.name in cached_inputs(block, config):
+                offsets[p.name] = total
+                total += up16(pitch * p.dtype.itemsize * config.rows_per_cta)
+    col_sums = total
+    if col_sums_in_smem(block, hidden, config, arch):
+        total += up16(4 * pitch * config.rows_per_cta) * sum(n.op == "col_sum" for n in block.body)
     reductions = sum(n.op in REDUCE_OPS for n in block.body)
     scratch = total
     total += up16(4 * reductions * config.rows_per_cta * max(1, config.threads_per_row // 32))
     partials = total
     if config.cluster > 1:
         total += up16(4 * reductions)
-    return SmemLayout(pitch, offsets, scratch, partials, total)
+    return SmemLayout(pitch, offsets, col_sums, scratch, partials, total)
 
 
 def _phases(block: Block) -> int:
@@ -131,19 +182,17 @@ def _phases(block: Block) -> int:
 
 def check_config(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> None:
     """Raise PlanError when `config` cannot run `block` at `hidden` on `arch` without spilling."""
-    col_sums = sum(n.op == "col_sum" for n in block.body)
-    if config.cache == "registers" or col_sums:
-        floats = (cached_floats(block, hidden, config) if config.cache == "registers" else 0) + (
-            col_sums * chunks_per_thread(hidden, config) * config.vec)
-        overhead = REGISTER_OVERHEAD + (DROPOUT_REGISTERS if any(n.op == "dropout" for n in block.body) else 0)
-        budget = min(MAX_CACHED_FLOATS, min(255, arch.regs_per_sm // config.threads) - overhead)
-        if floats > budget:
-            raise PlanError(
-                f"config {config}: the row cache and column-reduction accumulators need {floats} floats per thread "
-                f"in registers, over the budget of {budget} at {config.threads} threads/CTA; use cache=smem or "
-                f"cache=global, or more threads"
-            )
-    total = smem_layout(block, hidden, config, _phases(block)).total
+    floats = cached_floats(block, hidden, config) if config.cache == "registers" else 0
+    if not col_sums_in_smem(block, hidden, config, arch):
+        floats += col_sum_floats(block, hidden, config)
+    budget = register_budget(block, config, arch)
+    if floats and floats > budget:
+        raise PlanError(
+            f"config {config}: the row cache and column-reduction accumulators need {floats} floats per thread "
+            f"in registers, over the budget of {budget} at {config.threads} threads/CTA; use cache=smem or "
+            f"cache=global, or more threads"
+        )
+    total = smem_layout(block, hidden, config, arch).total
     if total > arch.max_dynamic_smem:
         raise PlanError(
             f"config {config}: the kernel needs {total} bytes of shared memory, over {arch.name}'s "
@@ -178,8 +227,7 @@ def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH,
     else:
         tpr, rows_per_cta = _cta_threads(vectors), 1
     choice = None
-    for cache in ("registers", "smem", "global"):
-        config = LaunchConfig(tpr, rows_per_cta, vec, cache)
+    for config in _candidates(vectors, tpr, rows_per_cta, vec, target):
         try:
             check_config(block, hidden, config, target)
             choice = config
@@ -189,6 +237,19 @@ def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH,
     if choice is None:  # nothing fits at this shape (e.g. column-reduction accumulators): search for one
         return _fit(block, hidden, target, LaunchConfig(tpr, rows_per_cta, vec, "global"), dict(fixed or {}))
     return _fit(block, hidden, target, choice, dict(fixed)) if fixed else choice
+
+
+def _candidates(vectors: int, tpr: int, rows_per_cta: int, vec: int, target: Arch) -> Iterator[LaunchConfig]:
+    """The heuristic's configs, best first: the row on chip in one CTA (registers, then shared
+    memory); on sm_90+, split over a cluster of 2, 4, 8 CTAs that each keep their share on chip;
+    and only then a row re-read from global memory."""
+    for cache in ("registers", "smem"):
+        yield LaunchConfig(tpr, rows_per_cta, vec, cache)
+    if target.clusters and rows_per_cta == 1:
+        for cluster in (2, 4, 8):
+            for cache in ("registers", "smem"):
+                yield LaunchConfig(_cta_threads(math.ceil(vectors / cluster)), 1, vec, cache, cluster)
+    yield LaunchConfig(tpr, rows_per_cta, vec, "global")
 
 
 #: Values `_fit` tries for each field it may change.
@@ -305,15 +366,17 @@ def _params_used(nodes: list[Node], op: str) -> set[str]:
     return {a.name for n in nodes for a in n.args if a.op == op}
 
 
-def _phase_inputs(phase: int, cache: str, row_in: dict[str, RowTensor],
-                  needed: set[str]) -> tuple[tuple[RowTensor, ...], tuple[RowTensor, ...]]:
-    """(read from global memory, read from the row cache) for one phase. The first phase reads every
-    row input, filling the cache; with cache=global each phase reads again what it needs."""
-    if cache == "global":
-        return tuple(t for n, t in row_in.items() if n in needed), ()
-    if phase == 0:
-        return tuple(row_in.values()), ()
-    return (), tuple(t for n, t in row_in.items() if n in needed)
+def _phase_inputs(phase: int, needs: list[set[str]], row_in: dict[str, RowTensor]
+                  ) -> tuple[tuple[RowTensor, ...], tuple[RowTensor, ...]]:
+    """(read from global memory, read from the row cache) for one phase: an input is read from
+    global memory by the first phase that needs it (filling the cache when it is cached) and by
+    every later phase that needs it when it is not cached (cache=global)."""
+    def first(name: str) -> int:
+        return next(i for i, n in enumerate(needs) if name in n)
+
+    wanted = [t for n, t in row_in.items() if n in needs[phase]]
+    loads = tuple(t for t in wanted if not t.cached or first(t.name) == phase)
+    return loads, tuple(t for t in wanted if t not in loads)
 
 
 def kernel_name(block: Block, hidden: int, config: LaunchConfig) -> str:
@@ -358,12 +421,14 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
 
     inplace_of = {o.inplace: o.name for o in low.outputs if o.inplace}
     aliased = set(inplace_of) | set(inplace_of.values())
-    smem = smem_layout(low, hidden, config, _phases(low))
+    smem = smem_layout(low, hidden, config, target)
+    cached = cached_inputs(low, config)
     row_in = {
         p.name: RowTensor(p.name, p.dtype.c_type, p.dtype.itemsize, p.name not in aliased,
-                          smem.cache_offsets.get(p.name, 0))
+                          smem.cache_offsets.get(p.name, 0), p.name in cached)
         for p in low.params_of("input")
     }
+    needs = phase_inputs(low)
     row_out = {
         o.name: RowTensor(o.name, o.dtype.c_type, o.dtype.itemsize, o.name not in aliased)
         for o in low.outputs if o.node.kind is Kind.ROW
@@ -377,7 +442,10 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     def store_phase(o) -> int:
         return last if o.inplace else stage[o.node]
 
-    col_sums = tuple(ColSum(i, namer.ref(o.node.args[0]), o.name, o.dtype.c_type)
+    in_smem = col_sums_in_smem(low, hidden, config, target)
+    acc_bytes = -(-4 * smem.pitch * config.rows_per_cta // 16) * 16
+    col_sums = tuple(ColSum(i, namer.ref(o.node.args[0]), o.name, o.dtype.c_type,
+                            smem.col_sums + i * acc_bytes if in_smem else -1)
                      for i, o in enumerate(o for o in low.outputs if o.node.kind is Kind.COL))
     phases = []
     for s in range(last + 1):
@@ -385,14 +453,12 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         stores = [o for o in row_outputs if store_phase(o) == s]
         cols = [o for o in low.outputs if o.node.kind is Kind.COL and stage[o.node.args[0]] == s]
         nodes = _closure([r.args[0] for r in reds] + [o.node for o in stores] + [o.node.args[0] for o in cols], order)
-        direct = [o.node for o in stores] + [r.args[0] for r in reds]  # outputs or reductions of a bare input
-        inputs_needed = _params_used(nodes, "input") | {n.name for n in direct if n.op == "input"}
-        loads, cached = _phase_inputs(s, config.cache, row_in, inputs_needed)
+        loads, from_cache = _phase_inputs(s, needs, row_in)
         after_nodes = [n for n in low.body if n.kind is Kind.ROWS and stage[n] == s + 1 and n.op not in REDUCE_OPS]
         phases.append(Phase(
             index=s,
             loads=loads,
-            cached=cached,
+            cached=from_cache,
             weights=tuple(t for n, t in weights.items() if n in _params_used(nodes, "weight")),
             # one draw per site: a backward's dropout reuses its forward's mask (same site, same uniforms)
             dropouts=tuple(dict.fromkeys(Dropout(namer.uniforms(n), n.attr("site")) for n in nodes if n.op == "dropout")),
@@ -446,6 +512,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         reductions=len(reductions),
         entries=_entries(low, kernel_name(low, hidden, config), config.vec),
         col_sums=col_sums,
+        col_sums_in_smem=in_smem and bool(col_sums),
         persistent_ctas=PERSISTENT_CTAS if col_sums else 0,
         finalize=Entry(f"{kernel_name(low, hidden, config)}_colsum", False, 1) if col_sums else None,
         finalize_params=tuple(Param("workspace", c.ws, "const float* __restrict__") for c in col_sums) + tuple(

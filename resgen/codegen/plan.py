@@ -128,6 +128,7 @@ class RowTensor:
     itemsize: int
     restrict: bool
     smem_offset: int = 0  # byte offset of this input's cache in dynamic shared memory
+    cached: bool = False  # kept on chip (registers or shared memory) for a later phase
 
     @property
     def ptr(self) -> str:
@@ -199,13 +200,15 @@ class RowScalarStore:
 @dataclass(frozen=True)
 class ColSum:
     """A column reduction (col_sum): each thread adds its columns of every row it sees into
-    registers `acc`, writes them to its row of the float32 workspace `ws`, and the finalize kernel
-    sums the workspace's rows in order into the output `out` (deterministic, no atomics)."""
+    `acc` (registers, or its own columns of shared memory), writes them to its row of the float32
+    workspace `ws`, and the finalize kernel sums the workspace's rows in order into the output
+    `out` (deterministic, no atomics)."""
 
     index: int
     value: str  # the per-element expression accumulated
     out: str  # the output's user name
     c_type: str  # the output's storage type
+    smem_offset: int = -1  # byte offset of the accumulators in dynamic shared memory; -1: registers
 
     @property
     def acc(self) -> str:
@@ -305,6 +308,7 @@ class KernelPlan:
     reductions: int
     entries: tuple[Entry, ...]
     col_sums: tuple[ColSum, ...] = ()
+    col_sums_in_smem: bool = False  # the accumulators live in shared memory (ColSum.smem_offset)
     persistent_ctas: int = 0  # > 0: CTAs (clusters) loop over row groups, at most this many of them
     finalize: Entry | None = None  # the kernel that sums the column reductions' partials
     finalize_params: tuple[Param, ...] = ()
@@ -328,6 +332,11 @@ class KernelPlan:
     def finalize_grid(self) -> int:
         return math.ceil(self.hidden / self.FINALIZE_THREADS)
 
+    def _smem_parts(self) -> str:
+        parts = (["row cache"] if self.config.cache == "smem" and any(t.cached for t in self.row_inputs) else []) + (
+            ["column sums"] if self.col_sums_in_smem else []) + (["reduction partials"] if self.reductions else [])
+        return ", ".join(parts) or "none used"
+
     def summary(self) -> list[str]:
         c = self.config
         return [
@@ -336,7 +345,11 @@ class KernelPlan:
             f"hidden      {self.hidden} ({self.iters} chunk(s) of {c.vec} per thread{', predicated tail' if self.tail else ''})",
             f"launch      {c.threads} threads/CTA = {c.rows_per_cta} row(s) x {c.threads_per_row} threads"
             + (f", {c.cluster} CTAs per row (cluster)" if c.cluster > 1 else "") + f" ({c.family})",
-            f"row cache   {c.cache}",
-            f"shared mem  {self.smem_bytes} bytes dynamic (row cache, reduction partials)",
+            f"row cache   {c.cache}" + (f" ({', '.join(t.name for t in self.row_inputs if t.cached)} kept between phases)"
+                                        if any(t.cached for t in self.row_inputs) else ""),
+            *([f"col sums    {len(self.col_sums)} accumulated in "
+               + ("shared memory" if self.col_sums_in_smem else "registers")
+               + f", {self.persistent_ctas} persistent CTAs, then a finalize kernel"] if self.col_sums else []),
+            f"shared mem  {self.smem_bytes} bytes dynamic ({self._smem_parts()})",
             f"phases      {len(self.phases)} ({self.reductions} reduction(s))",
         ]
