@@ -130,10 +130,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from resgen.spec import resolve
     from resgen.verification import verify
 
-    report = verify(_resolve(args), args.hidden, args.rows, backend=args.backend, seed=args.seed,
-                    config=args.config, arch=args.arch, sanitize=args.sanitize)
+    # --grad: the backward kernel's gradients against torch autograd through the forward's reference
+    report = verify(resolve(args.spec, args.dtype), args.hidden, args.rows, backend=args.backend, seed=args.seed,
+                    config=args.config, arch=args.arch, sanitize=args.sanitize, grad=args.grad)
     print(report.table())
     return 0 if report.ok else 1
 
@@ -217,7 +219,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 bench.plot(records, Path(args.plot))
 
         records = bench.run_bench(cases, args.hidden, args.rows, args.against.split(","), max_gb=args.max_gb,
-                                  checkpoint=checkpoint, dry_run=args.dry_run)
+                                  checkpoint=checkpoint, dry_run=args.dry_run,
+                                  modes=bench.MODES[1:] if args.grad else ("forward",))
     print(bench.table(records))
     if args.plot and records:
         bench.plot(records, Path(args.plot))
@@ -315,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-gb", type=float, default=48.0, help="skip shapes moving more than this many GB per call")
     p.add_argument("--dry-run", action="store_true", help="no GPU: generate and build every kernel (emu), count bytes, "
                    "write records, table and plot, but time nothing (records say dry_run)")
+    p.add_argument("--grad", action="store_true", help="time training instead: the backward alone and the forward "
+                   "plus backward, every system through torch autograd (bytes: each tensor the backward reads "
+                   "once, each gradient written once)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("env", help="show the toolchain resgen found",

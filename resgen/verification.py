@@ -138,10 +138,38 @@ def untouched_outside(view: torch.Tensor, backing: torch.Tensor) -> bool:
     return bool(backing[~inside].isnan().all())
 
 
+def gradient_case(block: Block, rows: int, hidden: int, *, seed: int = 0, device: str | torch.device = "cpu"
+                  ) -> tuple[dict[str, object], dict[str, torch.Tensor]]:
+    """(arguments of `rg.grad(block)`, the gradients torch autograd computes through `rg.reference`).
+
+    Fresh random forward inputs and cotangents (one `d_<output>` per output); the saved statistics
+    come from the training forward's reference, as a training call would save them."""
+    from resgen.passes.autodiff import saved_statistics, with_saved_statistics
+
+    args = random_inputs(block, (rows,), hidden, seed=seed, device=device)
+    diff = [p.name for p in block.params if p.op in ("input", "weight")]
+    leaves = {k: v.clone().requires_grad_(k in diff) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    with torch.enable_grad():
+        out = reference(block, **leaves, seed=seed)
+        gen = torch.Generator(device=torch.device(device)).manual_seed(seed + 1)
+        cotangents = {f"d_{o.name}": torch.randn(out[o.name].shape, generator=gen, device=device).to(out[o.name].dtype)
+                      for o in block.outputs}
+        grads = torch.autograd.grad([out[o.name] for o in block.outputs], [leaves[n] for n in diff],
+                                    [cotangents[f"d_{o.name}"] for o in block.outputs], allow_unused=True)
+    want = {f"d_{n}": torch.zeros_like(args[n]) if g is None else g for n, g in zip(diff, grads, strict=True)}
+    stats = reference(with_saved_statistics(block), **args, seed=seed)
+    saved = {f"saved_{k}": stats[f"saved_{k}"] for k in range(len(saved_statistics(block)))}
+    return {**args, **saved, **cotangents}, want
+
+
 def verify(block: Block, hidden: int, rows: int, backend: str = "auto", seed: int = 0,
            config: LaunchConfig | str | None = None, arch: str | None = None,
-           sanitize: bool = False) -> VerifyReport:
+           sanitize: bool = False, grad: bool = False) -> VerifyReport:
     """Compile `block`, run it and the reference on fresh random inputs, and compare every output.
+
+    grad: verify the backward kernel (`rg.grad(block)`, compiled with `config`) instead: every
+    gradient it computes is compared with torch autograd through `rg.reference(block)` within
+    GRAD_TOLERANCES, on fresh inputs and cotangents, its outputs poisoned the same way.
 
     Outputs are preallocated, poisoned with NaN and surrounded by poisoned guards (row outputs with
     a gap between rows): an element the kernel never writes fails, and so does any write outside
@@ -159,18 +187,33 @@ def verify(block: Block, hidden: int, rows: int, backend: str = "auto", seed: in
         raise LaunchError(f"verify: argument 'rows' must be an int >= 0, got {rows!r}")
     if sanitize and backend not in ("auto", "emu"):
         raise BackendUnavailableError(f"verify: sanitize=True runs on the emu backend, not {backend!r}")
+    if grad:
+        from resgen.passes.autodiff import grad as derive
+
+        kernel = compile(derive(block), hidden, backend="emu" if sanitize else backend, config=config, arch=arch,
+                         sanitize=sanitize)
+        device = "cuda" if kernel.backend == "cuda" else "cpu"
+        args, want = gradient_case(block, rows, hidden, seed=seed, device=device)
+        args = {p.name: args[p.name] for p in kernel.block.params}
+        return verify_kernel(kernel, rows, seed=seed, cases=(args, want), tolerances=GRAD_TOLERANCES)
     kernel = compile(block, hidden, backend="emu" if sanitize else backend, config=config, arch=arch,
                      sanitize=sanitize)
     return verify_kernel(kernel, rows, seed=seed)
 
 
-def verify_kernel(kernel: Kernel, rows: int, seed: int = 0) -> VerifyReport:
-    """`verify` for an already built kernel (sanitized when its emu backend was built so)."""
+def verify_kernel(kernel: Kernel, rows: int, seed: int = 0,
+                  cases: tuple[dict[str, object], dict[str, torch.Tensor]] | None = None,
+                  tolerances: dict[DType, tuple[float, float]] = TOLERANCES) -> VerifyReport:
+    """`verify` for an already built kernel (sanitized when its emu backend was built so); `cases`
+    gives the arguments and expected outputs instead of random inputs and the kernel's reference."""
     block, hidden = kernel.block, kernel.hidden
     sanitize = getattr(kernel._backend, "sanitize", False)
     device = "cuda" if kernel.backend == "cuda" else "cpu"
-    args = random_inputs(block, (rows,), hidden, seed=seed, device=device)
-    want = reference(block, **args, seed=seed)
+    if cases is None:
+        args = random_inputs(block, (rows,), hidden, seed=seed, device=device)
+        want = reference(block, **args, seed=seed)
+    else:
+        args, want = cases
 
     def run() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         call = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
@@ -184,7 +227,7 @@ def verify_kernel(kernel: Kernel, rows: int, seed: int = 0) -> VerifyReport:
 
     got, backings = run()
     checks = tuple(
-        replace(compare(o.name, o.dtype, got[o.name], want[o.name]),
+        replace(compare(o.name, o.dtype, got[o.name], want[o.name], tolerances),
                 guard_ok=o.name not in backings or untouched_outside(got[o.name], backings[o.name]))
         for o in block.outputs)
     hazards: list[str] = []

@@ -6,7 +6,9 @@
 #                      RESGEN_REQUIRE_GPU=1 a test that would skip fails instead
 #   3. bench.json/.png resgen vs torch eager vs torch.compile, bf16, rows 32768, hidden 2048..16384, as GB/s
 #                      and as a fraction of a device copy measured in the same run (written record by record)
-#   4. latency.json    rows 1 and 64 at hidden 4096: device time (CUDA-graph replay) and call_us (host included)
+#   4. bench_grad.json training: the backward alone and forward+backward through torch autograd, resgen vs
+#                      torch eager vs torch.compile, bf16, rows 32768, hidden 4096 and 16384
+#   5. latency.json    rows 1 and 64 at hidden 4096: device time (CUDA-graph replay) and call_us (host included)
 #
 # Each stage has its own cap (timeout -k), and together they end by ~480 s, inside one 600 s device
 # command. Tests run with -v and per-test limits (thread method: a thread stuck in a CUDA sync ignores
@@ -28,7 +30,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export RESGEN_CACHE_DIR=${RESGEN_CACHE_DIR:-/tmp/resgen-cache}
 
 # Stage caps in seconds (sum 455, plus 5 s of kill grace each: under 480).
-ENV_CAP=15 TESTS_CAP=200 BENCH_CAP=180 LATENCY_CAP=60
+ENV_CAP=15 TESTS_CAP=200 BENCH_CAP=110 GRAD_CAP=90 LATENCY_CAP=40
 stage() {  # stage CAP LOG CMD...: run CMD under a hard cap, tee its output, return its status
     local cap=$1 log=$2
     shift 2
@@ -62,10 +64,14 @@ stage "$BENCH_CAP" bench.log "$PY" -m resgen.cli bench llama,gpt2 --hidden 2048,
     --against torch,compile --json "$OUT/bench.json" --plot "$OUT/bench.png" $DRY
 bench_rc=$?
 
+stage "$GRAD_CAP" bench_grad.log "$PY" -m resgen.cli bench llama,gpt2 --grad --hidden 4096,16384 --rows 32768 \
+    --against torch,compile --json "$OUT/bench_grad.json" --plot "$OUT/bench_grad.png" $DRY
+grad_rc=$?
+
 stage "$LATENCY_CAP" latency.log "$PY" -m resgen.cli bench llama --hidden 4096 --rows 1,64 --against torch \
     --json "$OUT/latency.json" $DRY
 latency_rc=$?
 
-echo "env exit ${env_rc}, gpu tests exit ${tests_rc}, benchmark exit ${bench_rc}, latency exit ${latency_rc}" \
-    | tee -a "$OUT/env.log"
-[ "$env_rc" -eq 0 ] && [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$latency_rc" -eq 0 ]
+echo "env exit ${env_rc}, gpu tests exit ${tests_rc}, benchmark exit ${bench_rc}, training benchmark exit" \
+    "${grad_rc}, latency exit ${latency_rc}" | tee -a "$OUT/env.log"
+[ "$env_rc" -eq 0 ] && [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$grad_rc" -eq 0 ] && [ "$latency_rc" -eq 0 ]

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import resgen as rg
+from resgen.codegen import LaunchConfig, default_config, lower
+from resgen.errors import PlanError
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("RESGEN_UPDATE_GOLDEN") == "1"
@@ -17,6 +21,28 @@ DTYPES = [rg.f32, rg.f16, rg.bf16]
 CATALOG = list(rg.catalog)
 #: The device-test logic runs on both backends: emu in every CI run, cuda where a GPU is usable.
 BACKENDS = ["emu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+FAMILIES = ["warp-per-row", "cta-per-row", "smem-staged", "global-staged", "cluster"]
+
+
+def family_config(block: rg.Block, hidden: int, family: str) -> LaunchConfig | None:
+    """A config of `family` for this size, or None when no valid one exists."""
+    base = default_config(block, hidden)
+    if family == "warp-per-row":
+        tpr = min(32, 1 << max(0, math.ceil(math.log2(math.ceil(hidden / base.vec)))))
+        config = LaunchConfig(tpr, max(1, 128 // tpr), base.vec, "registers")
+    elif family == "cta-per-row":
+        config = LaunchConfig(128, 1, base.vec, "registers")
+    elif family == "cluster":
+        config = LaunchConfig(64, 1, base.vec, "smem", cluster=2)
+    else:
+        config = replace(base, cache=family.split("-")[0])
+    try:
+        lower(block, hidden, config)
+    except PlanError:
+        return None
+    return config
 
 
 def device_of(backend: str) -> str:

@@ -3,31 +3,26 @@ through the reference, and its row-input gradients run as generated kernels on t
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 
 import resgen as rg
+from resgen.cli import main
 from resgen.codegen import lower
-from resgen.passes.autodiff import saved_statistics, with_saved_statistics
-from resgen.verification import GRAD_TOLERANCES, compare, random_inputs
-from tests.conftest import CATALOG, DTYPES
+from resgen.passes.autodiff import distinct_outputs, saved_statistics, with_saved_statistics
+from resgen.verification import GRAD_TOLERANCES, compare, gradient_case, random_inputs
+from tests.conftest import CATALOG, DTYPES, FAMILIES, family_config
+from tests.strategies import random_blocks
+
+lower_module = importlib.import_module("resgen.codegen.lower")
 
 
 def autograd_case(block: rg.Block, rows: int, hidden: int, seed: int = 0):
-    """(arguments, cotangents, torch autograd's gradients, the backward block's arguments)."""
-    args = random_inputs(block, (rows,), hidden, seed=seed)
-    diff = [p.name for p in block.params if p.op in ("input", "weight")]
-    leaves = {k: v.clone().requires_grad_(k in diff) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
-    out = rg.reference(block, **leaves, seed=seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    cotangents = {f"d_{o.name}": torch.randn(out[o.name].shape, generator=gen).to(out[o.name].dtype)
-                  for o in block.outputs}
-    grads = torch.autograd.grad([out[o.name] for o in block.outputs], [leaves[n] for n in diff],
-                                [cotangents[f"d_{o.name}"] for o in block.outputs])
-    want = {f"d_{n}": g for n, g in zip(diff, grads, strict=True)}
-    stats = rg.reference(with_saved_statistics(block), **args, seed=seed)
-    saved = {f"saved_{k}": stats[f"saved_{k}"] for k in range(len(saved_statistics(block)))}
-    return args, cotangents, want, {**args, **saved, **cotangents}
+    """(the backward block's arguments, torch autograd's gradients through the reference)."""
+    return gradient_case(block, rows, hidden, seed=seed)
 
 
 @pytest.mark.parametrize("hidden", [1, 1000, 4097])
@@ -37,7 +32,7 @@ def test_the_backward_block_gives_torch_autograds_gradients(name, dt, hidden):
     block = rg.catalog[name](dt)
     gb = rg.grad(block)
     for rows in (1, 37):
-        _, _, want, call = autograd_case(block, rows, hidden, seed=rows)
+        call, want = autograd_case(block, rows, hidden, seed=rows)
         got = rg.reference(gb, **{p.name: call[p.name] for p in gb.params}, seed=rows)
         assert set(got) == set(want)
         for key, value in want.items():
@@ -47,7 +42,7 @@ def test_the_backward_block_gives_torch_autograds_gradients(name, dt, hidden):
 
 def test_weight_gradients_over_many_rows_stay_within_float32_accumulation():
     block = rg.catalog.gpt2(rg.f32)
-    _, _, want, call = autograd_case(block, 1024, 256, seed=3)
+    call, want = autograd_case(block, 1024, 256, seed=3)
     gb = rg.grad(block)
     got = rg.reference(gb, **{p.name: call[p.name] for p in gb.params})
     for key in ("d_weight", "d_bias"):
@@ -85,19 +80,64 @@ def test_norms_save_their_statistics_and_the_training_forward_writes_them():
     assert rg.verify(fwd, 1000, 5, backend="emu").ok
 
 
-@pytest.mark.parametrize("hidden", [1, 1000, 4097])
-@pytest.mark.parametrize("dt", DTYPES, ids=str)
-@pytest.mark.parametrize("name", CATALOG)
-def test_gradient_kernels_match_torch_autograd_on_emu(name, dt, hidden):
-    block = rg.catalog[name](dt)
+def check_gradient_kernel(block: rg.Block, hidden: int, config=None, rows_list=(1, 37)) -> None:
+    """The backward kernel (emu) against torch autograd through the reference, at each row count."""
     gb = rg.grad(block)
-    kernel = rg.compile(gb, hidden, backend="emu")
-    for rows in (1, 37):
-        _, _, want, call = autograd_case(block, rows, hidden, seed=rows)
+    kernel = rg.compile(gb, hidden, backend="emu", config=config)
+    for rows in rows_list:
+        call, want = autograd_case(block, rows, hidden, seed=rows)
         got = kernel(**{p.name: call[p.name] for p in gb.params}, seed=rows)
         for key, value in want.items():
             check = compare(key, rg.ir.dtypes.as_dtype(value.dtype, what=key), got[key], value, GRAD_TOLERANCES)
-            assert check.ok, (key, check)
+            assert check.ok, (key, kernel.config, check)
+
+
+@pytest.mark.parametrize("hidden", [1, 1000, 4096, 4097])
+@pytest.mark.parametrize("dt", DTYPES, ids=str)
+@pytest.mark.parametrize("name", CATALOG)
+def test_gradient_kernels_match_torch_autograd_on_emu(name, dt, hidden):
+    check_gradient_kernel(rg.catalog[name](dt), hidden)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("hidden", [1000, 4097])
+@pytest.mark.parametrize("name", CATALOG)
+def test_gradient_kernels_of_every_config_family(name, hidden, family):
+    block = rg.catalog[name](rg.bf16)
+    config = family_config(rg.grad(block), hidden, family)
+    if config is None:
+        pytest.skip(f"no {family} config fits hidden={hidden}")
+    check_gradient_kernel(block, hidden, config)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(block=random_blocks(max_ops=6))
+def test_random_blocks_gradient_kernels_match_torch_autograd(block):
+    check_gradient_kernel(block, 96, rows_list=(5,))
+
+
+def test_column_accumulators_in_shared_memory_give_the_bits_of_registers(monkeypatch):
+    gb = rg.grad(rg.catalog.gpt2(rg.bf16))
+    args = random_inputs(gb, (41,), 256, seed=3)
+    config = "tpr=32,rows=4,vec=8,cache=registers"
+    results = {}
+    for limit in (0, 1000):  # every accumulator in shared memory, then every one in registers
+        monkeypatch.setattr(lower_module, "MAX_REGISTER_COL_FLOATS", limit)
+        kernel = rg.compile(gb, 256, backend="emu", config=config)
+        results[kernel.plan.col_sums_in_smem] = kernel(**args)
+    assert set(results) == {True, False}
+    for name in ("d_x", "d_weight", "d_bias"):
+        assert torch.equal(results[True][name], results[False][name]), name
+
+
+def test_verify_grad_compares_the_backward_kernel_with_torch_autograd(capsys):
+    report = rg.verify(rg.catalog.bert(rg.f32), 1000, 37, backend="emu", grad=True)
+    assert report.ok, report.table()
+    assert report.kernel.startswith("rg_bert_grad_f32") and {o.name for o in report.outputs} == {
+        "d_x", "d_residual", "d_weight", "d_bias", "d_ln_bias"}
+    assert 0 < report["d_x"].max_abs < report["d_x"].max_abs_tol  # a real comparison, not a copy
+    assert main(["verify", "gpt2", "--grad", "--hidden", "1000", "--rows", "3", "--backend", "emu"]) == 0
+    assert "d_bias" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("config", ["tpr=32,rows=4,cache=smem", "tpr=128,rows=1,cache=global",
@@ -158,7 +198,9 @@ def test_the_backward_block_prints_and_parses_like_any_block(capsys):
 def test_kernel_calls_are_autograd_ops_matching_the_reference(name, dt):
     block = rg.catalog[name](dt)
     kernel = rg.compile(block, 1000, backend="emu")
-    args, cotangents, want, _ = autograd_case(block, 9, 1000, seed=4)
+    case, want = autograd_case(block, 9, 1000, seed=4)
+    args = {p.name: case[p.name] for p in block.params}
+    cotangents = {k: v for k, v in case.items() if k.startswith("d_")}
     diff = [p.name for p in block.params if p.op in ("input", "weight")]
     leaves = {k: v.clone().requires_grad_(k in diff) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     call = dict(leaves)
@@ -180,3 +222,38 @@ def test_cotangents_of_the_wrong_dtype_name_the_argument():
     args["d_y"] = args["d_y"].float()
     with pytest.raises(rg.LaunchError, match="'d_y' must have dtype torch.bfloat16"):
         rg.compile(gb, 64, backend="emu")(**args)
+
+
+def test_column_reduction_kernels_take_the_warm_path_with_fresh_workspaces():
+    gb = rg.grad(rg.catalog.gpt2(rg.bf16))
+    kernel = rg.compile(gb, 1000, backend="emu")
+    args = random_inputs(gb, (37,), 1000, seed=8)
+    cold = kernel(**args)
+    assert len(kernel._templates) == 1  # the layout is remembered, workspace and finalize kernel included
+    warm = kernel(**args)
+    other = random_inputs(gb, (37,), 1000, seed=9)
+    for name in ("d_x", "d_residual", "d_weight", "d_bias"):
+        assert torch.equal(cold[name], warm[name]), name  # bitwise: the same partials in the same order
+    d_weight = torch.full((1000,), float("nan"), dtype=torch.bfloat16)
+    again = kernel(**other, d_weight=d_weight)  # preallocated column output (as under CUDA graph capture)
+    assert again.d_weight is d_weight
+    want = rg.reference(gb, **other)
+    for name in ("d_x", "d_weight", "d_bias"):
+        check = compare(name, rg.bf16, again[name], want[name], GRAD_TOLERANCES)
+        assert check.ok, (name, check)
+
+
+def test_a_gradient_two_inputs_share_is_written_once():
+    block = rg.catalog.parallel_residual(rg.bf16)  # h = residual + attn + mlp: one gradient for all three
+    kernel = rg.compile(block, 256, backend="emu")
+    args = random_inputs(block, (6,), 256, seed=1)
+    leaves = {k: v.clone().requires_grad_(True) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    out = kernel(**leaves)
+    (out.y.float().sum() + out.residual_out.float().square().sum()).backward()
+    backward, same = kernel.training.backward(("residual", "attn", "mlp", "weight", "bias"))
+    assert same == {"d_attn": "d_residual", "d_mlp": "d_residual"}
+    assert [o.name for o in backward.block.outputs] == ["d_residual", "d_weight", "d_bias"]
+    assert torch.equal(leaves["attn"].grad, leaves["residual"].grad) and torch.equal(leaves["mlp"].grad,
+                                                                                    leaves["residual"].grad)
+    fp32 = rg.compile(rg.catalog.llama_fp32_residual(rg.bf16), 256, backend="emu")  # bf16 d_x, f32 d_residual
+    assert distinct_outputs(rg.grad(fp32.block))[1] == {}

@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import replace
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
 import resgen as rg
-from resgen.codegen import LaunchConfig, default_config, lower
-from resgen.errors import PlanError
+from resgen.codegen import LaunchConfig, default_config
 from resgen.verification import random_inputs
-from tests.conftest import CATALOG, DTYPES
+from tests.conftest import CATALOG, DTYPES, FAMILIES, family_config
 from tests.strategies import random_blocks
 
 HIDDEN = [1, 128, 1000, 4096, 4097]
-FAMILIES = ["warp-per-row", "cta-per-row", "smem-staged", "global-staged", "cluster"]
-
-
-def family_config(block: rg.Block, hidden: int, family: str) -> LaunchConfig | None:
-    """A config of `family` for this size, or None when no valid one exists."""
-    base = default_config(block, hidden)
-    if family == "warp-per-row":
-        tpr = min(32, 1 << max(0, math.ceil(math.log2(math.ceil(hidden / base.vec)))))
-        config = LaunchConfig(tpr, max(1, 128 // tpr), base.vec, "registers")
-    elif family == "cta-per-row":
-        config = LaunchConfig(128, 1, base.vec, "registers")
-    elif family == "cluster":
-        config = LaunchConfig(64, 1, base.vec, "smem", cluster=2)
-    else:
-        config = replace(base, cache=family.split("-")[0])
-    try:
-        lower(block, hidden, config)
-    except PlanError:
-        return None
-    return config
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("hidden", HIDDEN)
 @pytest.mark.parametrize("dt", DTYPES, ids=str)

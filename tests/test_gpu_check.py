@@ -24,7 +24,7 @@ DEVICE_BUDGET_S = 480
 def test_stage_caps_end_the_script_inside_one_device_command():
     text = SCRIPT.read_text()
     caps = dict(re.findall(r"(\w+_CAP)=(\d+)", text))
-    assert set(caps) == {"ENV_CAP", "TESTS_CAP", "BENCH_CAP", "LATENCY_CAP"}
+    assert set(caps) == {"ENV_CAP", "TESTS_CAP", "BENCH_CAP", "GRAD_CAP", "LATENCY_CAP"}
     stages = re.findall(r"^stage \"\$(\w+_CAP)\"", text, re.M)
     assert sorted(stages) == sorted(caps), "every stage runs under its own cap"
     kill_grace = int(re.search(r"timeout -k (\d+)", text).group(1))
@@ -52,6 +52,11 @@ def test_dry_run_runs_every_stage_without_a_device(tmp_path):
             assert {(block, hidden, s) for s in ("resgen", "torch", "compile")} <= systems
     assert all(r["dry_run"] and r["bytes"] > 0 and r["p10_us"] <= r["time_us"] <= r["p90_us"] for r in records)
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    training = json.loads((tmp_path / "bench_grad.json").read_text())
+    assert {(r["block"], r["hidden"], r["mode"], r["system"]) for r in training} == {
+        (b, h, m, s) for b in ("llama", "gpt2") for h in (4096, 16384) for m in ("backward", "fwd+bwd")
+        for s in ("resgen", "torch", "compile")}
+    assert all(r["bytes"] > 0 for r in training)
     latency = json.loads((tmp_path / "latency.json").read_text())
     assert {r["rows"] for r in latency} == {1, 64} and all("call_us" in r for r in latency)
 

@@ -8,12 +8,14 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 import resgen as rg
 from resgen.codegen import LaunchConfig
 from resgen.tune import bench, db
 from resgen.tune.search import MAX_CHUNKS, enumerate_configs, occupancy, prune
 from resgen.tune.timing import plan_bytes
+from resgen.verification import random_inputs
 
 
 def test_search_space_holds_only_valid_configs():
@@ -174,3 +176,35 @@ def test_liger_is_optional_and_says_why():
         fn, why = liger("llama")
         assert fn is None and "not importable" in why
     assert liger("bert")[0] is None
+
+
+def test_plan_bytes_count_row_scalars_and_gradients_by_their_shape():
+    from resgen.tune.bench import mode_bytes
+
+    gb = rg.grad(rg.catalog.gpt2(rg.bf16))  # reads x, residual, d_residual_out, d_y, weight, mean, rstd
+    rows, hidden = 4, 8
+    reads = 4 * rows * hidden * 2 + hidden * 2 + 2 * rows * 4
+    writes = 2 * rows * hidden * 2 + 2 * hidden * 2  # d_x, d_residual; d_weight, d_bias (column vectors)
+    assert plan_bytes(gb, rows, hidden) == reads + writes
+    once = writes - rows * hidden * 2  # d_x and d_residual are one gradient, written once
+    assert mode_bytes(rg.catalog.gpt2(rg.bf16), "backward", rows, hidden) == reads + once
+    forward = plan_bytes(rg.catalog.gpt2(rg.bf16), rows, hidden) + 2 * rows * 4  # plus the saved statistics
+    assert mode_bytes(rg.catalog.gpt2(rg.bf16), "fwd+bwd", rows, hidden) == forward + reads + once
+
+
+@pytest.mark.parametrize("name", ["llama", "llama_fp32_residual", "gpt2"])
+@pytest.mark.parametrize("mode", ["backward", "fwd+bwd"])
+def test_bench_grad_steps_compute_the_gradients_torch_does(name, mode):
+    from resgen.tune.bench import Case, _grad_systems
+
+    case = Case(name, rg.catalog[name](rg.f32), "f32")
+    factories, configs, kernels = _grad_systems(case, 256, ["torch"], "emu", mode, lambda _: None)
+    assert set(factories) == {"resgen", "torch"} and kernels["resgen"].block.name == f"{name}_grad"
+    args = random_inputs(case.block, (5,), 256, seed=2)
+    steps = {system: factory() for system, factory in factories.items()}
+    first = {system: step(args) for system, step in steps.items()}
+    again = steps["resgen"](args)  # backward: the same graph's backward again; fwd+bwd: a fresh step
+    for ours, theirs, repeat in zip(first["resgen"], first["torch"], again, strict=True):
+        assert theirs is not None and torch.equal(ours, repeat)
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert torch.equal(args["residual"], random_inputs(case.block, (5,), 256, seed=2)["residual"])  # not overwritten

@@ -239,3 +239,19 @@ def _distribute(node: Node) -> Node:
     if v.op == "mul" and _broadcast(v.args[0]) and v.args[1].kind is Kind.ROW:
         return make("mul", (_distribute(make("row_sum", (v.args[1],))), v.args[0]))
     return node
+
+
+def distinct_outputs(block: Block) -> tuple[Block, dict[str, str]]:
+    """`block` without the outputs that repeat an earlier one (the same value in the same dtype), and
+    for each dropped output the name of the one it repeats. A residual add hands one gradient to
+    both its operands (torch's own add does the same): written once, returned for both."""
+    kept: list[Output] = []
+    same: dict[str, str] = {}
+    for o in block.outputs:
+        twin = next((k for k in kept if k.node is o.node and k.dtype == o.dtype and not (k.inplace or o.inplace)),
+                    None)
+        if twin is None:
+            kept.append(o)
+        else:
+            same[o.name] = twin.name
+    return (block.derive(body=block.body, outputs=tuple(kept)) if same else block), same

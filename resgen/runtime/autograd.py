@@ -11,7 +11,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from resgen.errors import LaunchError
-from resgen.passes.autodiff import DIFFERENTIABLE, grad, saved_statistics, with_saved_statistics
+from resgen.passes.autodiff import DIFFERENTIABLE, distinct_outputs, grad, saved_statistics, with_saved_statistics
 from resgen.signature import Outputs
 
 if TYPE_CHECKING:
@@ -29,12 +29,15 @@ class Training:
         self.compile = lambda block: compile(block, kernel.hidden, backend=kernel.backend, arch=kernel.plan.arch)
         self.forward = self.compile(with_saved_statistics(kernel.block))
         self.saved = [f"saved_{k}" for k in range(len(saved_statistics(kernel.block)))]
-        self._backward: dict[tuple[str, ...], Kernel] = {}
+        self._backward: dict[tuple[str, ...], tuple[Kernel, dict[str, str]]] = {}
 
-    def backward(self, wrt: tuple[str, ...]) -> Kernel:
+    def backward(self, wrt: tuple[str, ...]) -> tuple[Kernel, dict[str, str]]:
+        """The backward kernel for the parameters `wrt`, and which of its gradients repeat another
+        (`distinct_outputs`: written once, handed to both)."""
         found = self._backward.get(wrt)
         if found is None:
-            found = self._backward[wrt] = self.compile(grad(self.kernel.block, wrt=list(wrt)))
+            block, same = distinct_outputs(grad(self.kernel.block, wrt=list(wrt)))
+            found = self._backward[wrt] = (self.compile(block), same)
         return found
 
 
@@ -96,9 +99,10 @@ class _KernelFunction(torch.autograd.Function):
         for o, g, (shape, dtype, device) in zip(block.outputs, grads, ctx.output_meta, strict=True):
             # torch hands expanded gradients (stride 0) to backward functions: the kernel reads rows of memory
             cotangents[f"d_{o.name}"] = torch.zeros(shape, dtype=dtype, device=device) if g is None else g.contiguous()
-        backward = training.backward(ctx.wrt)
+        backward, same = training.backward(ctx.wrt)
         wanted = {p.name for p in backward.block.params}
         args = {k: v for k, v in {**kept, **cotangents}.items() if k in wanted}
         rest = {k: v for k, v in ctx.rest.items() if k in wanted or k in ("seed", "offset")}
         out = backward(**args, **rest)
-        return (None, None, None) + tuple(out[f"d_{n}"] if n in ctx.wrt else None for n in ctx.names)
+        grads = {n: out[same.get(f"d_{n}", f"d_{n}")] for n in ctx.wrt}
+        return (None, None, None) + tuple(grads.get(n) for n in ctx.names)

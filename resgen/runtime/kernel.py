@@ -121,6 +121,9 @@ class Kernel:
                     self._observe(tensors)
                     self._backend.run(entry.name, template.params, template.grid, template.threads,
                                       template.smem_bytes, template.device)
+                    if template.finalize_params is not None:  # column reductions: sum the partials
+                        self._backend.run(self.plan.finalize.name, template.finalize_params,
+                                          self.plan.finalize_grid(), self.plan.FINALIZE_THREADS, 0, template.device)
                     return Outputs(outputs)
         launch = self.prepare(**kwargs)
         device = next(iter(launch.outputs.values())).device
@@ -135,8 +138,7 @@ class Kernel:
             self._backend.run(self.plan.finalize.name, params, self.plan.finalize_grid(), self.plan.FINALIZE_THREADS,
                               0, device)
         if launch.grid:
-            # Kernels with column reductions always take this checked path (it allocates their workspace).
-            if len(self._templates) < self.MAX_TEMPLATES and not self.plan.col_sums:
+            if len(self._templates) < self.MAX_TEMPLATES:
                 tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
                 self._templates[key] = LaunchTemplate.of(self.block, self.plan, launch, tensors)
         return Outputs(launch.outputs)

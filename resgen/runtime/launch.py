@@ -198,26 +198,35 @@ class LaunchTemplate:
     device: torch.device
     values: list[ctypes._SimpleCData]  # reused argument storage: cuLaunchKernel copies it at launch
     params: ctypes.Array
+    workspaces: tuple[tuple[str, tuple[int, ...]], ...] = ()  # column reductions' float32 partials, per call
+    finalize_sources: tuple[tuple[str, int | float | str], ...] = ()  # the finalize kernel's, like `sources`
+    finalize_values: list[ctypes._SimpleCData] = field(default_factory=list)
+    finalize_params: ctypes.Array | None = None
 
     @classmethod
     def of(cls, block: Block, plan: KernelPlan, launch: Launch, tensors: dict[str, torch.Tensor]) -> LaunchTemplate:
-        sources = []
-        for p, (_, value) in zip(plan.params, launch.args, strict=True):
-            if p.role in POINTER_ROLES:
-                sources.append(("ptr", p.name))
-            elif p.role == "scalar":
-                sources.append(("scalar", p.name))
-            elif p.role in ("seed", "offset"):
-                sources.append(("call", p.role))
-            else:
-                sources.append(("const", value))
+        def sources_of(params: tuple[Param, ...], args: tuple[tuple[str, int | float], ...]) -> tuple:
+            sources = []
+            for p, (_, value) in zip(params, args, strict=True):
+                if p.role in POINTER_ROLES:
+                    sources.append(("ptr", p.name))
+                elif p.role == "scalar":
+                    sources.append(("scalar", p.name))
+                elif p.role in ("seed", "offset"):
+                    sources.append(("call", p.role))
+                else:
+                    sources.append(("const", value))
+            return tuple(sources)
+
+        finalize = launch.finalize or ()
+        finalize_values = [_CTYPES[kind](0) for kind, _ in finalize]
         inplace = {o.name: o.inplace for o in block.outputs if o.inplace}
         everything = {**tensors, **launch.outputs}
         values = [_CTYPES[kind](0) for kind, _ in launch.args]
         return cls(
             plan=plan,
             strides_aligned=launch.strides_aligned,
-            sources=tuple(sources),
+            sources=sources_of(plan.params, launch.args),
             allocate=tuple((o.name, tuple(launch.outputs[o.name].shape), o.dtype.torch_dtype)
                            for o in block.outputs if o.name not in tensors and not o.inplace),
             aliases=tuple(inplace.items()),
@@ -232,6 +241,10 @@ class LaunchTemplate:
             device=next(iter(tensors.values())).device,
             values=values,
             params=param_array(values),
+            workspaces=tuple((n, tuple(t.shape)) for n, t in launch.scratch.items()),
+            finalize_sources=sources_of(plan.finalize_params, finalize) if finalize else (),
+            finalize_values=finalize_values,
+            finalize_params=param_array(finalize_values) if finalize else None,
         )
 
     def fill(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float], seed: int,
@@ -239,6 +252,8 @@ class LaunchTemplate:
         """Write this call's arguments into `values`; None when the slow path must decide (overlap)."""
         for name, shape, dtype in self.allocate:
             tensors[name] = torch.empty(shape, dtype=dtype, device=self.device)
+        for name, shape in self.workspaces:  # torch's caching allocator: no cudaMalloc once warm
+            tensors[name] = torch.empty(shape, dtype=torch.float32, device=self.device)
         for out, source in self.aliases:
             given = tensors.get(out)
             if given is not None and given.data_ptr() != tensors[source].data_ptr():
@@ -251,8 +266,9 @@ class LaunchTemplate:
         wide = self.plan.entries[0]
         aligned = self.strides_aligned and all(ptr[n] % wide.align == 0 for n in self.checked)
         call = {"seed": seed, "offset": offset}
-        for value, (source, key) in zip(self.values, self.sources, strict=True):
-            value.value = ptr[key] if source == "ptr" else scalars[key] if source == "scalar" else (
-                call[key] if source == "call" else key)
+        for values, sources in ((self.values, self.sources), (self.finalize_values, self.finalize_sources)):
+            for value, (source, key) in zip(values, sources, strict=True):
+                value.value = ptr[key] if source == "ptr" else scalars[key] if source == "scalar" else (
+                    call[key] if source == "call" else key)
         entry = wide if aligned else self.plan.entries[-1]
         return entry, {n: tensors[n] for n in self.outputs}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ from resgen.tune.timing import (
 from resgen.verification import random_inputs
 
 SYSTEMS = ("resgen", "resgen-heuristic", "torch", "compile", "liger")
+#: What one timed call does: the forward; with --grad the backward alone (of a forward run once per
+#: argument set, outside the timing) and the forward plus its backward, both through torch autograd.
+MODES = ("forward", "backward", "fwd+bwd")
 #: Rows up to this count also get a wall-clock microseconds-per-call (host overhead included).
 LATENCY_ROWS = 64
 #: The copy bandwidth a dry run pretends to have measured (no device; records say dry_run).
@@ -109,6 +113,80 @@ def _systems(case: Case, hidden: int, against: list[str], backend: str,
     return factories, configs, kernels
 
 
+def _grad_systems(case: Case, hidden: int, against: list[str], backend: str, mode: str,
+                  progress: Callable[[str], None]) -> tuple[dict[str, Callable[[], Callable]], dict[str, object], dict]:
+    """`_systems` for the training modes: every system's forward run through torch autograd with
+    the row inputs, weights and biases requiring grad, then `torch.autograd.grad` of every output
+    with fixed random cotangents (seeded: the same for every system). resgen's kernels are the
+    backward kernels its autograd runs (for the configs and the cost model's prediction)."""
+    import resgen as rg
+    from resgen.passes.autodiff import distinct_outputs, grad
+
+    forward, configs, _ = _systems(case, hidden, [s for s in against if s != "compile"], backend, progress)
+    forward.pop("resgen-heuristic", None)
+    params = [p.name for p in case.block.params]
+    diff = [p.name for p in case.block.params if p.op in ("input", "weight")]
+    inplace = {o.inplace for o in case.block.outputs if o.inplace}
+    backward = rg.compile(distinct_outputs(grad(case.block))[0], hidden, backend=backend)  # the one autograd runs
+    factories: dict[str, Callable[[], Callable]] = {}
+    for system, factory in forward.items():
+        if system == "resgen":
+            kernel = rg.compile(case.block, hidden, backend=backend)
+
+            def call(a: dict, k=kernel) -> tuple:  # an input the kernel overwrites is handed a copy, as torch requires
+                out = k(**{n: v.clone() if n in inplace else v for n, v in a.items()})
+                return tuple(out[o.name] for o in case.block.outputs)
+            factories[system] = lambda call=call: _autograd_step(call, diff, mode)
+        else:
+            factories[system] = lambda factory=factory: _autograd_step(factory(), diff, mode)
+    if "compile" in against:
+        formula = TORCH_FORMULAS.get(case.block.name) or eager(case.block)
+        if formula is not None:
+            def compiled() -> Callable:
+                fn = CompiledFormula(formula)
+                run = _autograd_step(lambda a: fn(**{p: a[p] for p in params}), diff, mode)
+                run.peer = fn  # type: ignore[attr-defined]
+                return run
+            factories["compile"] = compiled
+    if inplace:
+        progress(f"{case.name}: resgen's in-place input {', '.join(sorted(inplace))} is copied per call (a leaf "
+                 f"that requires grad cannot be overwritten)")
+    return factories, {"resgen": backward.config}, {"resgen": backward}
+
+
+def _autograd_step(forward: Callable[[dict], Any], diff: list[str], mode: str) -> Callable[[dict], object]:
+    """One timed training step of `forward` on an argument set: forward and backward (fwd+bwd), or
+    the backward alone of a graph built once per argument set (backward; retain_graph)."""
+    graphs: dict[int, tuple] = {}
+
+    def build(a: dict) -> tuple:
+        leaves = {k: v.detach().requires_grad_(True) if k in diff else v for k, v in a.items()}
+        outs = tuple(o for o in _as_tuple(forward(leaves)) if o.requires_grad)
+        return leaves, outs
+
+    cotangents: dict[int, tuple] = {}
+
+    def run(a: dict) -> object:
+        key = id(a)
+        if mode == "backward":
+            if key not in graphs:
+                graphs[key] = build(a)
+            leaves, outs = graphs[key]
+        else:
+            leaves, outs = build(a)
+        if key not in cotangents:  # the same cotangents for every system (seeded by the output's place)
+            cotangents[key] = tuple(torch.randn(o.shape, generator=torch.Generator(o.device).manual_seed(i),
+                                                device=o.device).to(o.dtype) for i, o in enumerate(outs))
+        return torch.autograd.grad(outs, [leaves[n] for n in diff], cotangents[key],
+                                   retain_graph=mode == "backward", allow_unused=True)
+
+    return run
+
+
+def _as_tuple(out: Any) -> tuple:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
 def _what_ran(system: str, fn: Callable, configs: dict[str, object]) -> str:
     if system in configs:
         return f"resgen {configs[system]}"
@@ -128,8 +206,14 @@ def dry_timer(nbytes: int) -> Timer:
 def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], against: list[str],
               progress: Callable[[str], None] = print, device: torch.device | None = None,
               max_gb: float = 48.0, checkpoint: Callable[[list[dict[str, Any]], bool], None] | None = None,
-              dry_run: bool = False) -> list[dict[str, Any]]:
-    """Time every system on every (case, hidden, rows); one record per (system, block, shape).
+              dry_run: bool = False, modes: tuple[str, ...] = ("forward",)) -> list[dict[str, Any]]:
+    """Time every system on every (case, hidden, rows, mode); one record per (system, block, shape, mode).
+
+    modes: "forward", and for training "backward" and "fwd+bwd" (MODES). Bytes are counted the same
+    way for every system: the forward's inputs and outputs once; the backward's (`rg.grad`'s
+    inputs: the forward inputs it needs, saved statistics, cotangents; its distinct gradients) once; fwd+bwd
+    the training forward's (saved statistics included) plus the backward's. Training modes are
+    timed as back-to-back calls between events (the autograd engine is not graph-captured).
 
     Shapes whose inputs and outputs together exceed `max_gb` are skipped, and said so.
     `checkpoint(records, block_done)` runs after every record and after each block, so a run
@@ -148,73 +232,91 @@ def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], again
         copy_gbps = copy_bandwidth_gbps(device)
     progress(f"{env['gpu']}: device-to-device copy {copy_gbps:.0f} GB/s (read + write)")
     records: list[dict[str, Any]] = []
-    for case in cases:
-        for hidden in hiddens:
+    for case, hidden, mode in ((c, h, m) for c in cases for h in hiddens for m in modes):
+        if mode == "forward":
             factories, configs, kernels = _systems(case, hidden, against, backend, progress)
-            predictions = {name: (lambda r, k=k: cost(k.plan, k.resources[k.plan.entries[0].name], r)
-                                  .predicted_fraction) for name, k in kernels.items()}
-            for rows in rows_list:
-                nbytes = plan_bytes(case.block, rows, hidden)
-                if nbytes > max_gb * 1e9:
-                    progress(f"{case.name} rows={rows} hidden={hidden}: skipped, {nbytes / 1e9:.0f} GB of inputs and "
-                             f"outputs exceed --max-gb {max_gb:g}")
+        else:
+            factories, configs, kernels = _grad_systems(case, hidden, against, backend, mode, progress)
+        predictions = {name: (lambda r, k=k: cost(k.plan, k.resources[k.plan.entries[0].name], r)
+                              .predicted_fraction) for name, k in kernels.items()}
+        for rows in rows_list:
+            nbytes = mode_bytes(case.block, mode, rows, hidden)
+            if nbytes > max_gb * 1e9:
+                progress(f"{case.name} {mode} rows={rows} hidden={hidden}: skipped, {nbytes / 1e9:.0f} GB of inputs "
+                         f"and outputs exceed --max-gb {max_gb:g}")
+                continue
+            count = 1 if dry_run else buffer_sets(nbytes, device)
+            sets = LazySets(count, lambda i, b=case.block, h=hidden, r=rows: random_inputs(b, (r,), h, seed=i,
+                                                                              device=device))
+            timer = dry_timer(nbytes) if dry_run else (
+                time_cuda if mode == "forward" else partial(time_cuda, use_graph=False))
+            for system, factory in factories.items():
+                fn = factory()
+
+                def run(i: int, fn: Callable = fn, sets: LazySets = sets) -> object:
+                    return fn(sets[i % len(sets)])
+
+                try:
+                    timing = timer(run)
+                    call_us = (timing.median_us if dry_run else wall_per_call_us(run)) \
+                        if rows <= LATENCY_ROWS else None
+                except Exception as exc:  # noqa: BLE001 - a failing peer must not lose the other results
+                    progress(f"{system:>8} {case.name} {mode} rows={rows} hidden={hidden}: FAILED "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                     continue
-                count = 1 if dry_run else buffer_sets(nbytes, device)
-                sets = LazySets(count, lambda i, b=case.block, h=hidden, r=rows: random_inputs(b, (r,), h, seed=i,
-                                                                                  device=device))
-                timer = dry_timer(nbytes) if dry_run else time_cuda
-                for system, factory in factories.items():
-                    fn = factory()
-
-                    def run(i: int, fn: Callable = fn, sets: LazySets = sets) -> object:
-                        return fn(sets[i % len(sets)])
-
-                    try:
-                        timing = timer(run)
-                        call_us = (timing.median_us if dry_run else wall_per_call_us(run)) \
-                            if rows <= LATENCY_ROWS else None
-                    except Exception as exc:  # noqa: BLE001 - a failing peer must not lose the other results
-                        progress(f"{system:>8} {case.name} rows={rows} hidden={hidden}: FAILED "
-                                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-                        continue
-                    gbps = nbytes / (timing.median_us * 1e-6) / 1e9
-                    record = {"system": system, "block": case.name, "dtype": case.dtype, "rows": rows,
-                              "hidden": hidden, **timing.as_record(), "gbps": round(gbps, 1),
-                              "copy_gbps": round(copy_gbps, 1), "frac_copy": round(gbps / copy_gbps, 4),
-                              "bytes": nbytes, "ran": "not run (dry run)" if dry_run else _what_ran(system, fn, configs),
-                              **env}
-                    if system in configs:
-                        record["config"] = str(configs[system])
+                gbps = nbytes / (timing.median_us * 1e-6) / 1e9
+                record = {"system": system, "block": case.name, "dtype": case.dtype, "rows": rows,
+                          "hidden": hidden, "mode": mode, **timing.as_record(), "gbps": round(gbps, 1),
+                          "copy_gbps": round(copy_gbps, 1), "frac_copy": round(gbps / copy_gbps, 4),
+                          "bytes": nbytes, "ran": "not run (dry run)" if dry_run else _what_ran(system, fn, configs),
+                          **env}
+                if system in configs:
+                    record["config"] = str(configs[system])
+                    if mode != "fwd+bwd":  # the model predicts one kernel: the forward's, or the backward's
                         record["predicted_fraction"] = predictions[system](rows)
-                    if call_us is not None:
-                        record["call_us"] = round(call_us, 2)
-                    if dry_run:
-                        record["dry_run"] = True
-                    records.append(record)
-                    if checkpoint is not None:
-                        checkpoint(records, False)
-                    progress(f"{system:>8} {case.name} rows={rows} hidden={hidden}: {timing.median_us:9.1f} us "
-                             f"{record['gbps']:7.0f} GB/s ({100 * record['frac_copy']:.0f}% of copy) "
-                             f"[{record['timing']} x{record['batch']}, {record['ran']}]")
-        if checkpoint is not None:
+                if call_us is not None:
+                    record["call_us"] = round(call_us, 2)
+                if dry_run:
+                    record["dry_run"] = True
+                records.append(record)
+                if checkpoint is not None:
+                    checkpoint(records, False)
+                progress(f"{system:>8} {case.name} {mode} rows={rows} hidden={hidden}: {timing.median_us:9.1f} us "
+                         f"{record['gbps']:7.0f} GB/s ({100 * record['frac_copy']:.0f}% of copy) "
+                         f"[{record['timing']} x{record['batch']}, {record['ran']}]")
+        if checkpoint is not None and (hidden, mode) == (hiddens[-1], modes[-1]):
             checkpoint(records, True)
     return records
+
+
+def mode_bytes(block: Block, mode: str, rows: int, hidden: int) -> int:
+    """Bytes one call of `mode` moves at best (see `run_bench`)."""
+    from resgen.passes.autodiff import distinct_outputs, grad, with_saved_statistics
+
+    if mode == "forward":
+        return plan_bytes(block, rows, hidden)
+    backward = plan_bytes(distinct_outputs(grad(block))[0], rows, hidden)  # a gradient two inputs share: once
+    return backward if mode == "backward" else plan_bytes(with_saved_statistics(block), rows, hidden) + backward
 
 
 def table(records: list[dict[str, Any]]) -> str:
     """A text table: one line per record, grouped by block and shape; `pred` is the cost model's
     fraction of copy bandwidth for resgen's kernels, beside the measured `% copy`."""
-    lines = [f"{'block':<18} {'rows':>6} {'hidden':>7} {'system':>8} {'time us':>10} {'p10-p90 us':>15} {'GB/s':>8} "
-             f"{'% copy':>7} {'pred':>5} {'us/call':>8}  timing"]
-    for r in sorted(records, key=lambda r: (r["block"], r["rows"], r["hidden"], SYSTEMS.index(r["system"])
-                                            if r["system"] in SYSTEMS else 99)):
+    lines = [f"{'block':<18} {'mode':<8} {'rows':>6} {'hidden':>7} {'system':>8} {'time us':>10} {'p10-p90 us':>15} "
+             f"{'GB/s':>8} {'% copy':>7} {'pred':>5} {'us/call':>8}  timing"]
+    for r in sorted(records, key=lambda r: (r["block"], MODES.index(_mode(r)), r["rows"], r["hidden"],
+                                            SYSTEMS.index(r["system"]) if r["system"] in SYSTEMS else 99)):
         call = f"{r['call_us']:8.1f}" if "call_us" in r else f"{'':>8}"
         pred = f"{100 * r['predicted_fraction']:4.0f}%" if "predicted_fraction" in r else f"{'':>5}"
         spread = f"{r['p10_us']:.1f}-{r['p90_us']:.1f}"
         how = f"{r.get('timing', 'events')} x{r.get('batch', 1)}"
-        lines.append(f"{r['block']:<18} {r['rows']:>6} {r['hidden']:>7} {r['system']:>8} {r['time_us']:>10.1f} "
+        lines.append(f"{r['block']:<18} {_mode(r):<8} {r['rows']:>6} {r['hidden']:>7} {r['system']:>8} {r['time_us']:>10.1f} "
                      f"{spread:>15} {r['gbps']:>8.0f} {100 * r['gbps'] / r['copy_gbps']:>6.1f}% {pred} {call}  {how}")
     return "\n".join(lines)
+
+
+def _mode(record: dict[str, Any]) -> str:
+    return record.get("mode", "forward")  # records written before --grad existed are forward ones
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
@@ -224,10 +326,10 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["block"], r["rows"]) for r in records})
+    panels = sorted({(r["block"], MODES.index(_mode(r)), r["rows"]) for r in records})
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    for ax, (block, rows) in zip(axes[0], panels, strict=True):
-        mine = [r for r in records if (r["block"], r["rows"]) == (block, rows)]
+    for ax, (block, mode, rows) in zip(axes[0], panels, strict=True):
+        mine = [r for r in records if (r["block"], MODES.index(_mode(r)), r["rows"]) == (block, mode, rows)]
         for system in sorted({r["system"] for r in mine}, key=lambda s: SYSTEMS.index(s) if s in SYSTEMS else 99):
             points = sorted((r["hidden"], r["gbps"]) for r in mine if r["system"] == system)
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=system)
@@ -235,7 +337,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("hidden size")
         ax.set_ylabel("GB/s (bytes read + written once)")
-        ax.set_title(f"{block}, {mine[0]['dtype']}, rows={rows}\n{mine[0]['gpu']}")
+        ax.set_title(f"{block} {MODES[mode]}, {mine[0]['dtype']}, rows={rows}\n{mine[0]['gpu']}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 
 from resgen.ir.block import Block
+from resgen.ir.dtypes import DType
 from resgen.ir.nodes import Kind
+from resgen.signature import value_shape
 
 #: Timed samples per measurement; also the most rotated input sets worth building.
 REPS = 50
@@ -51,16 +53,13 @@ Timer = Callable[[Callable[[int], object]], Timing]
 
 
 def plan_bytes(block: Block, rows: int, hidden: int) -> int:
-    """Bytes a perfect kernel moves: every input read once, every output written once."""
-    total = 0
-    for p in block.params:
-        if p.op == "input":
-            total += rows * hidden * p.dtype.itemsize
-        elif p.op == "weight":
-            total += hidden * p.dtype.itemsize
-    for o in block.outputs:
-        total += (rows * hidden if o.node.kind is Kind.ROW else rows) * o.dtype.itemsize
-    return total
+    """Bytes a perfect kernel moves: every input, weight and row scalar read once, every output
+    written once (row tensors, row scalars and column vectors each by their own shape)."""
+    def size(kind: Kind, dtype: DType) -> int:
+        return math.prod(value_shape(kind, (rows,), hidden)) * dtype.itemsize
+
+    return (sum(size(p.kind, p.dtype) for p in block.params if p.op != "scalar")
+            + sum(size(o.node.kind, o.dtype) for o in block.outputs))
 
 
 def buffer_sets(bytes_per_set: int, device: torch.device, budget: int = 8 << 30, cap: int = REPS) -> int:
