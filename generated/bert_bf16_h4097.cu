@@ -6,8 +6,8 @@
 //   hidden      4097 (9 chunk(s) of 1 per thread, predicated tail)
 //   launch      512 threads/CTA = 1 row(s) x 512 threads (cta-per-row)
 //   row cache   registers (x, residual kept between phases)
-//   shared mem  128 bytes dynamic (reduction partials)
-//   phases      3 (2 reduction(s))
+//   shared mem  512 bytes dynamic (reduction partials)
+//   phases      2 (2 reduction(s))
 //
 // Names: p_<name> is a tensor argument, s_<name> its row stride, r_<name> this row of it, c_<name>
 // its row cache, v_<name> its values in the current chunk, a_<name> a runtime scalar; t<i>, rs<i>,
@@ -21,20 +21,18 @@
 //     %0 = add %x, %bias : row<bf16>
 //     %1 = dropout %0 {p = 0.1, site = 0} : row<bf16>
 //     %2 = add %1, %residual : row<bf16>
-//     %3 = const 1/4097 : scalar<f32>
-//     %4 = row_sum %2 : rowscalar<bf16>
-//     %5 = mul %3, %4 : rowscalar<bf16>
-//     %6 = sub %2, %5 : row<bf16>
-//     %7 = mul %6, %6 : row<bf16>
-//     %8 = row_sum %7 : rowscalar<bf16>
-//     %9 = mul %8, %3 : rowscalar<bf16>
-//     %10 = const 1e-12 : scalar<f32>
-//     %11 = add %9, %10 : rowscalar<bf16>
-//     %12 = rsqrt %11 : rowscalar<bf16>
-//     %13 = mul %6, %12 : row<bf16>
-//     %14 = mul %13, %weight : row<bf16>
-//     %15 = add %ln_bias, %14 : row<bf16>
-//     output "y" = %15 : row<bf16>
+//     %3 = row_var %2 : rowscalar<bf16>
+//     %4 = const 1e-12 : scalar<f32>
+//     %5 = add %3, %4 : rowscalar<bf16>
+//     %6 = rsqrt %5 : rowscalar<bf16>
+//     %7 = const 1/4097 : scalar<f32>
+//     %8 = row_sum %2 : rowscalar<bf16>
+//     %9 = mul %7, %8 : rowscalar<bf16>
+//     %10 = sub %2, %9 : row<bf16>
+//     %11 = mul %6, %10 : row<bf16>
+//     %12 = mul %11, %weight : row<bf16>
+//     %13 = add %12, %ln_bias : row<bf16>
+//     output "y" = %13 : row<bf16>
 //   }
 #include <cuda_bf16.h>
 
@@ -171,6 +169,70 @@ __device__ __forceinline__ float rg_row_reduce(float v, float* scratch, int lane
     return v;
 }
 
+// A row's variance in one pass: per thread (count, shift, offset, m2), the mean being shift + offset
+// and m2 the sum of squared deviations from it; threads combine with Chan's formula. The shift is a
+// value of the row itself, so offsets, differences of means and deviations are all small numbers
+// (nearby floats subtract exactly): a large mean costs the variance no precision. Operands always
+// combine in the same order (the lower lane's first), so every lane of a row gets the same bits.
+struct rg_welford { float n, shift, offset, m2; };
+
+__device__ __forceinline__ rg_welford rg_welford_combine(rg_welford a, rg_welford b) {
+    if (b.n == 0.0f) return a;
+    if (a.n == 0.0f) return b;
+    const float n = a.n + b.n;
+    const float d = (b.shift - a.shift) + (b.offset - a.offset);  // the difference of the two means
+    const float f = b.n / n;
+    return {n, a.shift, a.offset + d * f, (a.m2 + b.m2) + d * d * a.n * f};
+}
+
+// Add the first `valid` of a chunk's VEC values: shifted by the first of them, their mean offset
+// and squared deviations in two passes over registers, then one combine.
+template <int VEC>
+__device__ __forceinline__ void rg_welford_add(rg_welford& w, const float (&x)[VEC], int valid) {
+    const int count = valid < 0 ? 0 : valid > VEC ? VEC : valid;
+    if (count == 0) return;
+    const float shift = x[0];
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 1; j < VEC; ++j) if (j < count) sum += x[j] - shift;
+    const float offset = sum / (float)count;
+    float m2 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) if (j < count) { const float d = (x[j] - shift) - offset; m2 += d * d; }
+    w = rg_welford_combine(w, {(float)count, shift, offset, m2});
+}
+
+// rg_row_reduce for a rg_welford: shuffles within a warp, then the row's warps in order through
+// `scratch` (four floats per warp).
+__device__ __forceinline__ rg_welford rg_welford_shuffle(rg_welford w, int m) {
+    return {__shfl_xor_sync(0xffffffffu, w.n, m), __shfl_xor_sync(0xffffffffu, w.shift, m),
+            __shfl_xor_sync(0xffffffffu, w.offset, m), __shfl_xor_sync(0xffffffffu, w.m2, m)};
+}
+
+template <int TPR>
+__device__ __forceinline__ rg_welford rg_row_welford(rg_welford w, float* scratch, int lane) {
+#pragma unroll
+    for (int m = (TPR < 32 ? TPR : 32) / 2; m > 0; m /= 2) {
+        const rg_welford other = rg_welford_shuffle(w, m);
+        w = (lane & m) ? rg_welford_combine(other, w) : rg_welford_combine(w, other);
+    }
+    if (TPR > 32) {
+        constexpr int WARPS = TPR / 32 > 0 ? TPR / 32 : 1;
+        float* const mine = scratch + 4 * (lane / 32);
+        if (lane % 32 == 0) {
+            RG_CHECK(mine, 16, true, __LINE__);
+            mine[0] = w.n; mine[1] = w.shift; mine[2] = w.offset; mine[3] = w.m2;
+        }
+        __syncthreads();
+        RG_CHECK(scratch, 16 * WARPS, false, __LINE__);
+        w = {scratch[0], scratch[1], scratch[2], scratch[3]};
+#pragma unroll
+        for (int k = 1; k < WARPS; ++k)
+            w = rg_welford_combine(w, {scratch[4 * k], scratch[4 * k + 1], scratch[4 * k + 2], scratch[4 * k + 3]});
+    }
+    return w;
+}
+
 // ---- Philox4x32-10 dropout (templates/philox.cuh); resgen/philox.py is the same generator ----
 __device__ __forceinline__ uint4 rg_philox(unsigned c0, unsigned c1, unsigned c2, unsigned c3, unsigned k0, unsigned k1) {
 #pragma unroll
@@ -252,7 +314,8 @@ __device__ __forceinline__ void rg_bert_bf16_h4097_t512_r1_v1_reg_body(
     float c_residual[ITERS][VEC];  // the row stays in registers between phases
 
     // ---- phase 0 ----
-    float rs4 = 0.0f;
+    rg_welford rs3_w = {0.0f, 0.0f, 0.0f, 0.0f};  // one-pass variance (count, shift, offset, m2)
+    float rs8 = 0.0f;
 #pragma unroll 9
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
@@ -265,49 +328,27 @@ __device__ __forceinline__ void rg_bert_bf16_h4097_t512_r1_v1_reg_body(
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_bias, col0, v_bias);
         float drop0_u[VEC];
         rg_dropout_uniforms<VEC>(col0, (unsigned)row, seed, offset, 0u, drop0_u);
+        float rs3_x[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
             const float t0 = v_x[j] + v_bias[j];
             const float t1 = drop0_u[j] >= 0.100000001f ? t0 * 1.11111116f : 0.0f;
             const float t2 = t1 + v_residual[j];
             if (!TAIL || col0 + j < HIDDEN) {
-                rs4 += t2;
+                rs3_x[j] = t2;
+                rs8 += t2;
             }
         }
+        rg_welford_add<VEC>(rs3_w, rs3_x, TAIL ? HIDDEN - col0 : VEC);
     }
-    rs4 = rg_row_reduce<rg_sum, TPR>(rs4, scratch + (0 * ROWS_PER_CTA + slot) * WARPS, lane);
-    const float rs5 = 0.000244081035f * rs4;
+    rs3_w = rg_row_welford<TPR>(rs3_w, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    const float rs3 = rs3_w.m2 / (float)HIDDEN;
+    rs8 = rg_row_reduce<rg_sum, TPR>(rs8, scratch + (1 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    const float rs5 = rs3 + 9.99999996e-13f;
+    const float rs6 = rsqrtf(rs5);
+    const float rs9 = 0.000244081035f * rs8;
 
     // ---- phase 1 ----
-    float rs8 = 0.0f;
-#pragma unroll 9
-    for (int it = 0; it < ITERS; ++it) {
-        const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
-        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&v_x)[VEC] = c_x[it];
-        const float (&v_residual)[VEC] = c_residual[it];
-        float v_bias[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_bias, col0, v_bias);
-        float drop0_u[VEC];
-        rg_dropout_uniforms<VEC>(col0, (unsigned)row, seed, offset, 0u, drop0_u);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-            const float t0 = v_x[j] + v_bias[j];
-            const float t1 = drop0_u[j] >= 0.100000001f ? t0 * 1.11111116f : 0.0f;
-            const float t2 = t1 + v_residual[j];
-            const float t6 = t2 - rs5;
-            const float t7 = t6 * t6;
-            if (!TAIL || col0 + j < HIDDEN) {
-                rs8 += t7;
-            }
-        }
-    }
-    rs8 = rg_row_reduce<rg_sum, TPR>(rs8, scratch + (1 * ROWS_PER_CTA + slot) * WARPS, lane);
-    const float rs9 = rs8 * 0.000244081035f;
-    const float rs11 = rs9 + 9.99999996e-13f;
-    const float rs12 = rsqrtf(rs11);
-
-    // ---- phase 2 ----
 #pragma unroll 9
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
@@ -328,11 +369,11 @@ __device__ __forceinline__ void rg_bert_bf16_h4097_t512_r1_v1_reg_body(
             const float t0 = v_x[j] + v_bias[j];
             const float t1 = drop0_u[j] >= 0.100000001f ? t0 * 1.11111116f : 0.0f;
             const float t2 = t1 + v_residual[j];
-            const float t6 = t2 - rs5;
-            const float t13 = t6 * rs12;
-            const float t14 = t13 * v_weight[j];
-            const float t15 = v_ln_bias[j] + t14;
-            v_y[j] = t15;
+            const float t10 = t2 - rs9;
+            const float t11 = rs6 * t10;
+            const float t12 = t11 * v_weight[j];
+            const float t13 = t12 + v_ln_bias[j];
+            v_y[j] = t13;
         }
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_y, col0, v_y);
     }

@@ -7,8 +7,8 @@
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
 //   row cache   registers (x, residual, d_y kept between phases)
 //   col sums    3 accumulated in shared memory, 264 persistent CTAs, then a finalize kernel
-//   shared mem  49200 bytes dynamic (column sums, reduction partials)
-//   phases      2 (3 reduction(s))
+//   shared mem  49280 bytes dynamic (column sums, reduction partials)
+//   phases      2 (2 reduction(s))
 //
 // Names: p_<name> is a tensor argument, s_<name> its row stride, r_<name> this row of it, c_<name>
 // its row cache, v_<name> its values in the current chunk, a_<name> a runtime scalar; t<i>, rs<i>,
@@ -21,44 +21,40 @@
 //     %saved_0 = row_scalar "saved_0" : rowscalar<f32>
 //     %saved_1 = row_scalar "saved_1" : rowscalar<f32>
 //     %d_y = input "d_y" : row<bf16>
-//     %0 = add %x, %bias : row<bf16>
-//     %1 = dropout %0 {p = 0.1, site = 0} : row<bf16>
-//     %2 = add %1, %residual : row<bf16>
-//     %3 = sub %2, %saved_0 : row<f32>
-//     %4 = mul %d_y, %weight : row<bf16>
-//     %5 = mul %3, %4 : row<f32>
-//     %6 = row_sum %5 : rowscalar<f32>
-//     %7 = mul %saved_1, %saved_1 : rowscalar<f32>
-//     %8 = mul %saved_1, %7 : rowscalar<f32>
-//     %9 = const -0.5 : scalar<f32>
-//     %10 = mul %8, %9 : rowscalar<f32>
-//     %11 = mul %6, %10 : rowscalar<f32>
-//     %12 = const 1/4096 : scalar<f32>
-//     %13 = mul %11, %12 : rowscalar<f32>
-//     %14 = row_sum %3 : rowscalar<f32>
-//     %15 = mul %13, %14 : rowscalar<f32>
-//     %16 = row_sum %4 : rowscalar<bf16>
-//     %17 = mul %saved_1, %16 : rowscalar<f32>
-//     %18 = add %17, %15 : rowscalar<f32>
-//     %19 = add %15, %18 : rowscalar<f32>
-//     %20 = neg %19 : rowscalar<f32>
-//     %21 = mul %20, %12 : rowscalar<f32>
-//     %22 = mul %saved_1, %4 : row<f32>
-//     %23 = mul %3, %13 : row<f32>
-//     %24 = add %22, %23 : row<f32>
-//     %25 = add %24, %23 : row<f32>
-//     %26 = add %21, %25 : row<f32>
-//     %27 = dropout %26 {p = 0.1, site = 0} : row<f32>
-//     %28 = col_sum %27 : col<f32>
-//     %29 = mul %3, %saved_1 : row<f32>
-//     %30 = mul %29, %d_y : row<f32>
-//     %31 = col_sum %30 : col<f32>
-//     %32 = col_sum %d_y : col<f32>
-//     output "d_x" = %27 : row<bf16>
-//     output "d_residual" = %26 : row<bf16>
-//     output "d_bias" = %28 : col<bf16>
-//     output "d_weight" = %31 : col<bf16>
-//     output "d_ln_bias" = %32 : col<bf16>
+//     %0 = mul %d_y, %weight : row<bf16>
+//     %1 = mul %saved_0, %0 : row<f32>
+//     %2 = row_sum %0 : rowscalar<bf16>
+//     %3 = mul %saved_0, %2 : rowscalar<f32>
+//     %4 = neg %3 : rowscalar<f32>
+//     %5 = const 1/4096 : scalar<f32>
+//     %6 = mul %4, %5 : rowscalar<f32>
+//     %7 = add %1, %6 : row<f32>
+//     %8 = const 1/2048 : scalar<f32>
+//     %9 = add %x, %bias : row<bf16>
+//     %10 = dropout %9 {p = 0.1, site = 0} : row<bf16>
+//     %11 = add %10, %residual : row<bf16>
+//     %12 = sub %11, %saved_1 : row<f32>
+//     %13 = mul %8, %12 : row<f32>
+//     %14 = mul %saved_0, %saved_0 : rowscalar<f32>
+//     %15 = mul %saved_0, %14 : rowscalar<f32>
+//     %16 = const -0.5 : scalar<f32>
+//     %17 = mul %15, %16 : rowscalar<f32>
+//     %18 = mul %12, %0 : row<f32>
+//     %19 = row_sum %18 : rowscalar<f32>
+//     %20 = mul %17, %19 : rowscalar<f32>
+//     %21 = mul %13, %20 : row<f32>
+//     %22 = add %7, %21 : row<f32>
+//     %23 = dropout %22 {p = 0.1, site = 0} : row<f32>
+//     %24 = col_sum %23 : col<f32>
+//     %25 = mul %saved_0, %12 : row<f32>
+//     %26 = mul %d_y, %25 : row<f32>
+//     %27 = col_sum %26 : col<f32>
+//     %28 = col_sum %d_y : col<f32>
+//     output "d_x" = %23 : row<bf16>
+//     output "d_residual" = %22 : row<bf16>
+//     output "d_bias" = %24 : col<bf16>
+//     output "d_weight" = %27 : col<bf16>
+//     output "d_ln_bias" = %28 : col<bf16>
 //   }
 #include <cuda_bf16.h>
 
@@ -195,6 +191,70 @@ __device__ __forceinline__ float rg_row_reduce(float v, float* scratch, int lane
     return v;
 }
 
+// A row's variance in one pass: per thread (count, shift, offset, m2), the mean being shift + offset
+// and m2 the sum of squared deviations from it; threads combine with Chan's formula. The shift is a
+// value of the row itself, so offsets, differences of means and deviations are all small numbers
+// (nearby floats subtract exactly): a large mean costs the variance no precision. Operands always
+// combine in the same order (the lower lane's first), so every lane of a row gets the same bits.
+struct rg_welford { float n, shift, offset, m2; };
+
+__device__ __forceinline__ rg_welford rg_welford_combine(rg_welford a, rg_welford b) {
+    if (b.n == 0.0f) return a;
+    if (a.n == 0.0f) return b;
+    const float n = a.n + b.n;
+    const float d = (b.shift - a.shift) + (b.offset - a.offset);  // the difference of the two means
+    const float f = b.n / n;
+    return {n, a.shift, a.offset + d * f, (a.m2 + b.m2) + d * d * a.n * f};
+}
+
+// Add the first `valid` of a chunk's VEC values: shifted by the first of them, their mean offset
+// and squared deviations in two passes over registers, then one combine.
+template <int VEC>
+__device__ __forceinline__ void rg_welford_add(rg_welford& w, const float (&x)[VEC], int valid) {
+    const int count = valid < 0 ? 0 : valid > VEC ? VEC : valid;
+    if (count == 0) return;
+    const float shift = x[0];
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 1; j < VEC; ++j) if (j < count) sum += x[j] - shift;
+    const float offset = sum / (float)count;
+    float m2 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) if (j < count) { const float d = (x[j] - shift) - offset; m2 += d * d; }
+    w = rg_welford_combine(w, {(float)count, shift, offset, m2});
+}
+
+// rg_row_reduce for a rg_welford: shuffles within a warp, then the row's warps in order through
+// `scratch` (four floats per warp).
+__device__ __forceinline__ rg_welford rg_welford_shuffle(rg_welford w, int m) {
+    return {__shfl_xor_sync(0xffffffffu, w.n, m), __shfl_xor_sync(0xffffffffu, w.shift, m),
+            __shfl_xor_sync(0xffffffffu, w.offset, m), __shfl_xor_sync(0xffffffffu, w.m2, m)};
+}
+
+template <int TPR>
+__device__ __forceinline__ rg_welford rg_row_welford(rg_welford w, float* scratch, int lane) {
+#pragma unroll
+    for (int m = (TPR < 32 ? TPR : 32) / 2; m > 0; m /= 2) {
+        const rg_welford other = rg_welford_shuffle(w, m);
+        w = (lane & m) ? rg_welford_combine(other, w) : rg_welford_combine(w, other);
+    }
+    if (TPR > 32) {
+        constexpr int WARPS = TPR / 32 > 0 ? TPR / 32 : 1;
+        float* const mine = scratch + 4 * (lane / 32);
+        if (lane % 32 == 0) {
+            RG_CHECK(mine, 16, true, __LINE__);
+            mine[0] = w.n; mine[1] = w.shift; mine[2] = w.offset; mine[3] = w.m2;
+        }
+        __syncthreads();
+        RG_CHECK(scratch, 16 * WARPS, false, __LINE__);
+        w = {scratch[0], scratch[1], scratch[2], scratch[3]};
+#pragma unroll
+        for (int k = 1; k < WARPS; ++k)
+            w = rg_welford_combine(w, {scratch[4 * k], scratch[4 * k + 1], scratch[4 * k + 2], scratch[4 * k + 3]});
+    }
+    return w;
+}
+
 // ---- Philox4x32-10 dropout (templates/philox.cuh); resgen/philox.py is the same generator ----
 __device__ __forceinline__ uint4 rg_philox(unsigned c0, unsigned c1, unsigned c2, unsigned c3, unsigned k0, unsigned k1) {
 #pragma unroll
@@ -307,18 +367,17 @@ __device__ __forceinline__ void rg_bert_grad_bf16_h4096_t128_r1_v8_reg_body(
     __nv_bfloat16* r_d_residual = p_d_residual + src_row * s_d_residual;
     const float v_saved_0 = rg_load_one(p_saved_0 + src_row);
     const float v_saved_1 = rg_load_one(p_saved_1 + src_row);
-    const float rs7 = v_saved_1 * v_saved_1;
-    const float rs8 = v_saved_1 * rs7;
-    const float rs10 = rs8 * (-0.5f);
+    const float rs14 = v_saved_0 * v_saved_0;
+    const float rs15 = v_saved_0 * rs14;
+    const float rs17 = rs15 * (-0.5f);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 49152);  // per-warp partials
     float c_x[ITERS][VEC];  // the row stays in registers between phases
     float c_residual[ITERS][VEC];  // the row stays in registers between phases
     float c_d_y[ITERS][VEC];  // the row stays in registers between phases
 
     // ---- phase 0 ----
-    float rs6 = 0.0f;
-    float rs14 = 0.0f;
-    float rs16 = 0.0f;
+    float rs2 = 0.0f;
+    float rs19 = 0.0f;
 #pragma unroll 4
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
@@ -341,36 +400,30 @@ __device__ __forceinline__ void rg_bert_grad_bf16_h4096_t128_r1_v8_reg_body(
         rg_load<float, VEC, ITERS * TPR * VEC, true>(k2, lcol0, k2_v);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = v_x[j] + v_bias[j];
-            const float t1 = drop0_u[j] >= 0.100000001f ? t0 * 1.11111116f : 0.0f;
-            const float t2 = t1 + v_residual[j];
-            const float t3 = t2 - v_saved_0;
-            const float t4 = v_d_y[j] * v_weight[j];
-            const float t5 = t3 * t4;
-            const float t29 = t3 * v_saved_1;
-            const float t30 = t29 * v_d_y[j];
+            const float t0 = v_d_y[j] * v_weight[j];
+            const float t9 = v_x[j] + v_bias[j];
+            const float t10 = drop0_u[j] >= 0.100000001f ? t9 * 1.11111116f : 0.0f;
+            const float t11 = t10 + v_residual[j];
+            const float t12 = t11 - v_saved_1;
+            const float t18 = t12 * t0;
+            const float t25 = v_saved_0 * t12;
+            const float t26 = v_d_y[j] * t25;
             if (!TAIL || col0 + j < HIDDEN) {
-                rs6 += t5;
-                rs14 += t3;
-                rs16 += t4;
+                rs2 += t0;
+                rs19 += t18;
             }
-            if (in_row && (!TAIL || col0 + j < HIDDEN)) k1_v[j] += t30;
+            if (in_row && (!TAIL || col0 + j < HIDDEN)) k1_v[j] += t26;
             if (in_row && (!TAIL || col0 + j < HIDDEN)) k2_v[j] += v_d_y[j];
         }
         rg_store<float, VEC, ITERS * TPR * VEC, true>(k1, lcol0, k1_v);
         rg_store<float, VEC, ITERS * TPR * VEC, true>(k2, lcol0, k2_v);
     }
-    rs6 = rg_row_reduce<rg_sum, TPR>(rs6, scratch + (0 * ROWS_PER_CTA + slot) * WARPS, lane);
-    rs14 = rg_row_reduce<rg_sum, TPR>(rs14, scratch + (1 * ROWS_PER_CTA + slot) * WARPS, lane);
-    rs16 = rg_row_reduce<rg_sum, TPR>(rs16, scratch + (2 * ROWS_PER_CTA + slot) * WARPS, lane);
-    const float rs11 = rs6 * rs10;
-    const float rs13 = rs11 * 0.000244140625f;
-    const float rs15 = rs13 * rs14;
-    const float rs17 = v_saved_1 * rs16;
-    const float rs18 = rs17 + rs15;
-    const float rs19 = rs15 + rs18;
-    const float rs20 = -rs19;
-    const float rs21 = rs20 * 0.000244140625f;
+    rs2 = rg_row_reduce<rg_sum, TPR>(rs2, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    rs19 = rg_row_reduce<rg_sum, TPR>(rs19, scratch + (1 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    const float rs3 = v_saved_0 * rs2;
+    const float rs4 = -rs3;
+    const float rs6 = rs4 * 0.000244140625f;
+    const float rs20 = rs17 * rs19;
 
     // ---- phase 1 ----
 #pragma unroll 4
@@ -392,20 +445,20 @@ __device__ __forceinline__ void rg_bert_grad_bf16_h4096_t128_r1_v8_reg_body(
         rg_load<float, VEC, ITERS * TPR * VEC, true>(k0, lcol0, k0_v);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = v_x[j] + v_bias[j];
-            const float t1 = drop0_u[j] >= 0.100000001f ? t0 * 1.11111116f : 0.0f;
-            const float t2 = t1 + v_residual[j];
-            const float t3 = t2 - v_saved_0;
-            const float t4 = v_d_y[j] * v_weight[j];
-            const float t22 = v_saved_1 * t4;
-            const float t23 = t3 * rs13;
-            const float t24 = t22 + t23;
-            const float t25 = t24 + t23;
-            const float t26 = rs21 + t25;
-            const float t27 = drop0_u[j] >= 0.100000001f ? t26 * 1.11111116f : 0.0f;
-            v_d_x[j] = t27;
-            v_d_residual[j] = t26;
-            if (in_row && (!TAIL || col0 + j < HIDDEN)) k0_v[j] += t27;
+            const float t0 = v_d_y[j] * v_weight[j];
+            const float t1 = v_saved_0 * t0;
+            const float t7 = t1 + rs6;
+            const float t9 = v_x[j] + v_bias[j];
+            const float t10 = drop0_u[j] >= 0.100000001f ? t9 * 1.11111116f : 0.0f;
+            const float t11 = t10 + v_residual[j];
+            const float t12 = t11 - v_saved_1;
+            const float t13 = 0.00048828125f * t12;
+            const float t21 = t13 * rs20;
+            const float t22 = t7 + t21;
+            const float t23 = drop0_u[j] >= 0.100000001f ? t22 * 1.11111116f : 0.0f;
+            v_d_x[j] = t23;
+            v_d_residual[j] = t22;
+            if (in_row && (!TAIL || col0 + j < HIDDEN)) k0_v[j] += t23;
         }
         rg_store<float, VEC, ITERS * TPR * VEC, true>(k0, lcol0, k0_v);
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_x, col0, v_d_x);

@@ -7,8 +7,8 @@
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
 //   row cache   registers (residual, x, d_y kept between phases)
 //   col sums    2 accumulated in shared memory, 264 persistent CTAs, then a finalize kernel
-//   shared mem  32816 bytes dynamic (column sums, reduction partials)
-//   phases      2 (3 reduction(s))
+//   shared mem  32896 bytes dynamic (column sums, reduction partials)
+//   phases      2 (2 reduction(s))
 //
 // Names: p_<name> is a tensor argument, s_<name> its row stride, r_<name> this row of it, c_<name>
 // its row cache, v_<name> its values in the current chunk, a_<name> a runtime scalar; t<i>, rs<i>,
@@ -22,40 +22,36 @@
 //     %saved_1 = row_scalar "saved_1" : rowscalar<f32>
 //     %d_y = input "d_y" : row<bf16>
 //     %0 = mul %d_y, %weight : row<bf16>
-//     %1 = row_sum %0 : rowscalar<bf16>
-//     %2 = mul %saved_1, %1 : rowscalar<f32>
-//     %3 = mul %alpha, %residual : row<bf16>
-//     %4 = add %x, %3 : row<bf16>
-//     %5 = sub %4, %saved_0 : row<f32>
-//     %6 = row_sum %5 : rowscalar<f32>
-//     %7 = mul %saved_1, %saved_1 : rowscalar<f32>
-//     %8 = mul %saved_1, %7 : rowscalar<f32>
-//     %9 = const -0.5 : scalar<f32>
-//     %10 = mul %8, %9 : rowscalar<f32>
-//     %11 = mul %0, %5 : row<f32>
-//     %12 = row_sum %11 : rowscalar<f32>
-//     %13 = mul %10, %12 : rowscalar<f32>
-//     %14 = const 1/4096 : scalar<f32>
-//     %15 = mul %13, %14 : rowscalar<f32>
-//     %16 = mul %6, %15 : rowscalar<f32>
-//     %17 = add %2, %16 : rowscalar<f32>
-//     %18 = add %17, %16 : rowscalar<f32>
-//     %19 = neg %18 : rowscalar<f32>
-//     %20 = mul %19, %14 : rowscalar<f32>
-//     %21 = mul %15, %5 : row<f32>
-//     %22 = mul %saved_1, %0 : row<f32>
-//     %23 = add %22, %21 : row<f32>
-//     %24 = add %21, %23 : row<f32>
-//     %25 = add %20, %24 : row<f32>
-//     %26 = mul %alpha, %25 : row<f32>
-//     %27 = mul %saved_1, %5 : row<f32>
-//     %28 = mul %d_y, %27 : row<f32>
-//     %29 = col_sum %28 : col<f32>
-//     %30 = col_sum %d_y : col<f32>
-//     output "d_residual" = %26 : row<bf16>
-//     output "d_x" = %25 : row<bf16>
-//     output "d_weight" = %29 : col<bf16>
-//     output "d_bias" = %30 : col<bf16>
+//     %1 = mul %saved_1, %0 : row<f32>
+//     %2 = mul %saved_1, %saved_1 : rowscalar<f32>
+//     %3 = mul %saved_1, %2 : rowscalar<f32>
+//     %4 = const -0.5 : scalar<f32>
+//     %5 = mul %3, %4 : rowscalar<f32>
+//     %6 = mul %alpha, %residual : row<bf16>
+//     %7 = add %x, %6 : row<bf16>
+//     %8 = sub %7, %saved_0 : row<f32>
+//     %9 = mul %0, %8 : row<f32>
+//     %10 = row_sum %9 : rowscalar<f32>
+//     %11 = mul %5, %10 : rowscalar<f32>
+//     %12 = const 1/2048 : scalar<f32>
+//     %13 = mul %12, %8 : row<f32>
+//     %14 = mul %11, %13 : row<f32>
+//     %15 = add %1, %14 : row<f32>
+//     %16 = row_sum %0 : rowscalar<bf16>
+//     %17 = mul %saved_1, %16 : rowscalar<f32>
+//     %18 = neg %17 : rowscalar<f32>
+//     %19 = const 1/4096 : scalar<f32>
+//     %20 = mul %18, %19 : rowscalar<f32>
+//     %21 = add %15, %20 : row<f32>
+//     %22 = mul %21, %alpha : row<f32>
+//     %23 = mul %saved_1, %8 : row<f32>
+//     %24 = mul %d_y, %23 : row<f32>
+//     %25 = col_sum %24 : col<f32>
+//     %26 = col_sum %d_y : col<f32>
+//     output "d_residual" = %22 : row<bf16>
+//     output "d_x" = %21 : row<bf16>
+//     output "d_weight" = %25 : col<bf16>
+//     output "d_bias" = %26 : col<bf16>
 //   }
 #include <cuda_bf16.h>
 
@@ -192,6 +188,70 @@ __device__ __forceinline__ float rg_row_reduce(float v, float* scratch, int lane
     return v;
 }
 
+// A row's variance in one pass: per thread (count, shift, offset, m2), the mean being shift + offset
+// and m2 the sum of squared deviations from it; threads combine with Chan's formula. The shift is a
+// value of the row itself, so offsets, differences of means and deviations are all small numbers
+// (nearby floats subtract exactly): a large mean costs the variance no precision. Operands always
+// combine in the same order (the lower lane's first), so every lane of a row gets the same bits.
+struct rg_welford { float n, shift, offset, m2; };
+
+__device__ __forceinline__ rg_welford rg_welford_combine(rg_welford a, rg_welford b) {
+    if (b.n == 0.0f) return a;
+    if (a.n == 0.0f) return b;
+    const float n = a.n + b.n;
+    const float d = (b.shift - a.shift) + (b.offset - a.offset);  // the difference of the two means
+    const float f = b.n / n;
+    return {n, a.shift, a.offset + d * f, (a.m2 + b.m2) + d * d * a.n * f};
+}
+
+// Add the first `valid` of a chunk's VEC values: shifted by the first of them, their mean offset
+// and squared deviations in two passes over registers, then one combine.
+template <int VEC>
+__device__ __forceinline__ void rg_welford_add(rg_welford& w, const float (&x)[VEC], int valid) {
+    const int count = valid < 0 ? 0 : valid > VEC ? VEC : valid;
+    if (count == 0) return;
+    const float shift = x[0];
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 1; j < VEC; ++j) if (j < count) sum += x[j] - shift;
+    const float offset = sum / (float)count;
+    float m2 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) if (j < count) { const float d = (x[j] - shift) - offset; m2 += d * d; }
+    w = rg_welford_combine(w, {(float)count, shift, offset, m2});
+}
+
+// rg_row_reduce for a rg_welford: shuffles within a warp, then the row's warps in order through
+// `scratch` (four floats per warp).
+__device__ __forceinline__ rg_welford rg_welford_shuffle(rg_welford w, int m) {
+    return {__shfl_xor_sync(0xffffffffu, w.n, m), __shfl_xor_sync(0xffffffffu, w.shift, m),
+            __shfl_xor_sync(0xffffffffu, w.offset, m), __shfl_xor_sync(0xffffffffu, w.m2, m)};
+}
+
+template <int TPR>
+__device__ __forceinline__ rg_welford rg_row_welford(rg_welford w, float* scratch, int lane) {
+#pragma unroll
+    for (int m = (TPR < 32 ? TPR : 32) / 2; m > 0; m /= 2) {
+        const rg_welford other = rg_welford_shuffle(w, m);
+        w = (lane & m) ? rg_welford_combine(other, w) : rg_welford_combine(w, other);
+    }
+    if (TPR > 32) {
+        constexpr int WARPS = TPR / 32 > 0 ? TPR / 32 : 1;
+        float* const mine = scratch + 4 * (lane / 32);
+        if (lane % 32 == 0) {
+            RG_CHECK(mine, 16, true, __LINE__);
+            mine[0] = w.n; mine[1] = w.shift; mine[2] = w.offset; mine[3] = w.m2;
+        }
+        __syncthreads();
+        RG_CHECK(scratch, 16 * WARPS, false, __LINE__);
+        w = {scratch[0], scratch[1], scratch[2], scratch[3]};
+#pragma unroll
+        for (int k = 1; k < WARPS; ++k)
+            w = rg_welford_combine(w, {scratch[4 * k], scratch[4 * k + 1], scratch[4 * k + 2], scratch[4 * k + 3]});
+    }
+    return w;
+}
+
 // WIDE: every row start and weight is aligned for VEC-element accesses (the launch checks);
 // otherwise the _narrow entry point below reads and writes element by element.
 template <bool WIDE>
@@ -253,18 +313,17 @@ __device__ __forceinline__ void rg_deepnorm_grad_bf16_h4096_t128_r1_v8_reg_body(
     __nv_bfloat16* r_d_x = p_d_x + src_row * s_d_x;
     const float v_saved_0 = rg_load_one(p_saved_0 + src_row);
     const float v_saved_1 = rg_load_one(p_saved_1 + src_row);
-    const float rs7 = v_saved_1 * v_saved_1;
-    const float rs8 = v_saved_1 * rs7;
-    const float rs10 = rs8 * (-0.5f);
+    const float rs2 = v_saved_1 * v_saved_1;
+    const float rs3 = v_saved_1 * rs2;
+    const float rs5 = rs3 * (-0.5f);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 32768);  // per-warp partials
     float c_residual[ITERS][VEC];  // the row stays in registers between phases
     float c_x[ITERS][VEC];  // the row stays in registers between phases
     float c_d_y[ITERS][VEC];  // the row stays in registers between phases
 
     // ---- phase 0 ----
-    float rs1 = 0.0f;
-    float rs6 = 0.0f;
-    float rs12 = 0.0f;
+    float rs10 = 0.0f;
+    float rs16 = 0.0f;
 #pragma unroll 4
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
@@ -284,34 +343,28 @@ __device__ __forceinline__ void rg_deepnorm_grad_bf16_h4096_t128_r1_v8_reg_body(
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
             const float t0 = v_d_y[j] * v_weight[j];
-            const float t3 = a_alpha * v_residual[j];
-            const float t4 = v_x[j] + t3;
-            const float t5 = t4 - v_saved_0;
-            const float t11 = t0 * t5;
-            const float t27 = v_saved_1 * t5;
-            const float t28 = v_d_y[j] * t27;
+            const float t6 = a_alpha * v_residual[j];
+            const float t7 = v_x[j] + t6;
+            const float t8 = t7 - v_saved_0;
+            const float t9 = t0 * t8;
+            const float t23 = v_saved_1 * t8;
+            const float t24 = v_d_y[j] * t23;
             if (!TAIL || col0 + j < HIDDEN) {
-                rs1 += t0;
-                rs6 += t5;
-                rs12 += t11;
+                rs10 += t9;
+                rs16 += t0;
             }
-            if (in_row && (!TAIL || col0 + j < HIDDEN)) k0_v[j] += t28;
+            if (in_row && (!TAIL || col0 + j < HIDDEN)) k0_v[j] += t24;
             if (in_row && (!TAIL || col0 + j < HIDDEN)) k1_v[j] += v_d_y[j];
         }
         rg_store<float, VEC, ITERS * TPR * VEC, true>(k0, lcol0, k0_v);
         rg_store<float, VEC, ITERS * TPR * VEC, true>(k1, lcol0, k1_v);
     }
-    rs1 = rg_row_reduce<rg_sum, TPR>(rs1, scratch + (0 * ROWS_PER_CTA + slot) * WARPS, lane);
-    rs6 = rg_row_reduce<rg_sum, TPR>(rs6, scratch + (1 * ROWS_PER_CTA + slot) * WARPS, lane);
-    rs12 = rg_row_reduce<rg_sum, TPR>(rs12, scratch + (2 * ROWS_PER_CTA + slot) * WARPS, lane);
-    const float rs2 = v_saved_1 * rs1;
-    const float rs13 = rs10 * rs12;
-    const float rs15 = rs13 * 0.000244140625f;
-    const float rs16 = rs6 * rs15;
-    const float rs17 = rs2 + rs16;
-    const float rs18 = rs17 + rs16;
-    const float rs19 = -rs18;
-    const float rs20 = rs19 * 0.000244140625f;
+    rs10 = rg_row_reduce<rg_sum, TPR>(rs10, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    rs16 = rg_row_reduce<rg_sum, TPR>(rs16, scratch + (1 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    const float rs11 = rs5 * rs10;
+    const float rs17 = v_saved_1 * rs16;
+    const float rs18 = -rs17;
+    const float rs20 = rs18 * 0.000244140625f;
 
     // ---- phase 1 ----
 #pragma unroll 4
@@ -328,17 +381,17 @@ __device__ __forceinline__ void rg_deepnorm_grad_bf16_h4096_t128_r1_v8_reg_body(
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
             const float t0 = v_d_y[j] * v_weight[j];
-            const float t3 = a_alpha * v_residual[j];
-            const float t4 = v_x[j] + t3;
-            const float t5 = t4 - v_saved_0;
-            const float t21 = rs15 * t5;
-            const float t22 = v_saved_1 * t0;
-            const float t23 = t22 + t21;
-            const float t24 = t21 + t23;
-            const float t25 = rs20 + t24;
-            const float t26 = a_alpha * t25;
-            v_d_residual[j] = t26;
-            v_d_x[j] = t25;
+            const float t1 = v_saved_1 * t0;
+            const float t6 = a_alpha * v_residual[j];
+            const float t7 = v_x[j] + t6;
+            const float t8 = t7 - v_saved_0;
+            const float t13 = 0.00048828125f * t8;
+            const float t14 = rs11 * t13;
+            const float t15 = t1 + t14;
+            const float t21 = t15 + rs20;
+            const float t22 = t21 * a_alpha;
+            v_d_residual[j] = t22;
+            v_d_x[j] = t21;
         }
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_residual, col0, v_d_residual);
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_x, col0, v_d_x);

@@ -6,7 +6,7 @@
 //   hidden      4097 (9 chunk(s) of 1 per thread, predicated tail)
 //   launch      512 threads/CTA = 1 row(s) x 512 threads (cta-per-row)
 //   row cache   registers (x, residual kept between phases)
-//   shared mem  64 bytes dynamic (reduction partials)
+//   shared mem  256 bytes dynamic (reduction partials)
 //   phases      2 (1 reduction(s))
 //
 // Names: p_<name> is a tensor argument, s_<name> its row stride, r_<name> this row of it, c_<name>
@@ -166,6 +166,70 @@ __device__ __forceinline__ float rg_row_reduce(float v, float* scratch, int lane
     return v;
 }
 
+// A row's variance in one pass: per thread (count, shift, offset, m2), the mean being shift + offset
+// and m2 the sum of squared deviations from it; threads combine with Chan's formula. The shift is a
+// value of the row itself, so offsets, differences of means and deviations are all small numbers
+// (nearby floats subtract exactly): a large mean costs the variance no precision. Operands always
+// combine in the same order (the lower lane's first), so every lane of a row gets the same bits.
+struct rg_welford { float n, shift, offset, m2; };
+
+__device__ __forceinline__ rg_welford rg_welford_combine(rg_welford a, rg_welford b) {
+    if (b.n == 0.0f) return a;
+    if (a.n == 0.0f) return b;
+    const float n = a.n + b.n;
+    const float d = (b.shift - a.shift) + (b.offset - a.offset);  // the difference of the two means
+    const float f = b.n / n;
+    return {n, a.shift, a.offset + d * f, (a.m2 + b.m2) + d * d * a.n * f};
+}
+
+// Add the first `valid` of a chunk's VEC values: shifted by the first of them, their mean offset
+// and squared deviations in two passes over registers, then one combine.
+template <int VEC>
+__device__ __forceinline__ void rg_welford_add(rg_welford& w, const float (&x)[VEC], int valid) {
+    const int count = valid < 0 ? 0 : valid > VEC ? VEC : valid;
+    if (count == 0) return;
+    const float shift = x[0];
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 1; j < VEC; ++j) if (j < count) sum += x[j] - shift;
+    const float offset = sum / (float)count;
+    float m2 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) if (j < count) { const float d = (x[j] - shift) - offset; m2 += d * d; }
+    w = rg_welford_combine(w, {(float)count, shift, offset, m2});
+}
+
+// rg_row_reduce for a rg_welford: shuffles within a warp, then the row's warps in order through
+// `scratch` (four floats per warp).
+__device__ __forceinline__ rg_welford rg_welford_shuffle(rg_welford w, int m) {
+    return {__shfl_xor_sync(0xffffffffu, w.n, m), __shfl_xor_sync(0xffffffffu, w.shift, m),
+            __shfl_xor_sync(0xffffffffu, w.offset, m), __shfl_xor_sync(0xffffffffu, w.m2, m)};
+}
+
+template <int TPR>
+__device__ __forceinline__ rg_welford rg_row_welford(rg_welford w, float* scratch, int lane) {
+#pragma unroll
+    for (int m = (TPR < 32 ? TPR : 32) / 2; m > 0; m /= 2) {
+        const rg_welford other = rg_welford_shuffle(w, m);
+        w = (lane & m) ? rg_welford_combine(other, w) : rg_welford_combine(w, other);
+    }
+    if (TPR > 32) {
+        constexpr int WARPS = TPR / 32 > 0 ? TPR / 32 : 1;
+        float* const mine = scratch + 4 * (lane / 32);
+        if (lane % 32 == 0) {
+            RG_CHECK(mine, 16, true, __LINE__);
+            mine[0] = w.n; mine[1] = w.shift; mine[2] = w.offset; mine[3] = w.m2;
+        }
+        __syncthreads();
+        RG_CHECK(scratch, 16 * WARPS, false, __LINE__);
+        w = {scratch[0], scratch[1], scratch[2], scratch[3]};
+#pragma unroll
+        for (int k = 1; k < WARPS; ++k)
+            w = rg_welford_combine(w, {scratch[4 * k], scratch[4 * k + 1], scratch[4 * k + 2], scratch[4 * k + 3]});
+    }
+    return w;
+}
+
 // WIDE: every row start and weight is aligned for VEC-element accesses (the launch checks);
 // otherwise the _narrow entry point below reads and writes element by element.
 template <bool WIDE>
@@ -226,7 +290,7 @@ __device__ __forceinline__ void rg_gemma_bf16_h4097_t512_r1_v1_reg_body(
         }
         if (in_row) rg_store<float, VEC, HIDDEN, WIDE>(r_residual_out, col0, v_residual_out);
     }
-    rs5 = rg_row_reduce<rg_sum, TPR>(rs5, scratch + (0 * ROWS_PER_CTA + slot) * WARPS, lane);
+    rs5 = rg_row_reduce<rg_sum, TPR>(rs5, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
     const float rs6 = 0.000244081035f * rs5;
     const float rs8 = rs6 + 9.99999997e-07f;
     const float rs9 = rsqrtf(rs8);

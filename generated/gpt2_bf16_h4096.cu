@@ -6,8 +6,8 @@
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
 //   row cache   registers (x, residual kept between phases)
-//   shared mem  32 bytes dynamic (reduction partials)
-//   phases      3 (2 reduction(s))
+//   shared mem  128 bytes dynamic (reduction partials)
+//   phases      2 (2 reduction(s))
 //
 // Names: p_<name> is a tensor argument, s_<name> its row stride, r_<name> this row of it, c_<name>
 // its row cache, v_<name> its values in the current chunk, a_<name> a runtime scalar; t<i>, rs<i>,
@@ -18,21 +18,19 @@
 //     %weight = weight "weight" : col<bf16>
 //     %bias = weight "bias" : col<bf16>
 //     %0 = add %x, %residual : row<bf16>
-//     %1 = row_sum %0 : rowscalar<bf16>
-//     %2 = const 1/4096 : scalar<f32>
-//     %3 = mul %1, %2 : rowscalar<bf16>
-//     %4 = sub %0, %3 : row<bf16>
-//     %5 = mul %4, %4 : row<bf16>
-//     %6 = row_sum %5 : rowscalar<bf16>
-//     %7 = mul %6, %2 : rowscalar<bf16>
-//     %8 = const 1e-05 : scalar<f32>
-//     %9 = add %7, %8 : rowscalar<bf16>
-//     %10 = rsqrt %9 : rowscalar<bf16>
-//     %11 = mul %10, %4 : row<bf16>
-//     %12 = mul %11, %weight : row<bf16>
-//     %13 = add %bias, %12 : row<bf16>
+//     %1 = const 1e-05 : scalar<f32>
+//     %2 = row_var %0 : rowscalar<bf16>
+//     %3 = add %1, %2 : rowscalar<bf16>
+//     %4 = rsqrt %3 : rowscalar<bf16>
+//     %5 = row_sum %0 : rowscalar<bf16>
+//     %6 = const 1/4096 : scalar<f32>
+//     %7 = mul %5, %6 : rowscalar<bf16>
+//     %8 = sub %0, %7 : row<bf16>
+//     %9 = mul %4, %8 : row<bf16>
+//     %10 = mul %9, %weight : row<bf16>
+//     %11 = add %bias, %10 : row<bf16>
 //     output "residual_out" = %0 : row<bf16>
-//     output "y" = %13 : row<bf16>
+//     output "y" = %11 : row<bf16>
 //   }
 #include <cuda_bf16.h>
 
@@ -169,6 +167,70 @@ __device__ __forceinline__ float rg_row_reduce(float v, float* scratch, int lane
     return v;
 }
 
+// A row's variance in one pass: per thread (count, shift, offset, m2), the mean being shift + offset
+// and m2 the sum of squared deviations from it; threads combine with Chan's formula. The shift is a
+// value of the row itself, so offsets, differences of means and deviations are all small numbers
+// (nearby floats subtract exactly): a large mean costs the variance no precision. Operands always
+// combine in the same order (the lower lane's first), so every lane of a row gets the same bits.
+struct rg_welford { float n, shift, offset, m2; };
+
+__device__ __forceinline__ rg_welford rg_welford_combine(rg_welford a, rg_welford b) {
+    if (b.n == 0.0f) return a;
+    if (a.n == 0.0f) return b;
+    const float n = a.n + b.n;
+    const float d = (b.shift - a.shift) + (b.offset - a.offset);  // the difference of the two means
+    const float f = b.n / n;
+    return {n, a.shift, a.offset + d * f, (a.m2 + b.m2) + d * d * a.n * f};
+}
+
+// Add the first `valid` of a chunk's VEC values: shifted by the first of them, their mean offset
+// and squared deviations in two passes over registers, then one combine.
+template <int VEC>
+__device__ __forceinline__ void rg_welford_add(rg_welford& w, const float (&x)[VEC], int valid) {
+    const int count = valid < 0 ? 0 : valid > VEC ? VEC : valid;
+    if (count == 0) return;
+    const float shift = x[0];
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 1; j < VEC; ++j) if (j < count) sum += x[j] - shift;
+    const float offset = sum / (float)count;
+    float m2 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) if (j < count) { const float d = (x[j] - shift) - offset; m2 += d * d; }
+    w = rg_welford_combine(w, {(float)count, shift, offset, m2});
+}
+
+// rg_row_reduce for a rg_welford: shuffles within a warp, then the row's warps in order through
+// `scratch` (four floats per warp).
+__device__ __forceinline__ rg_welford rg_welford_shuffle(rg_welford w, int m) {
+    return {__shfl_xor_sync(0xffffffffu, w.n, m), __shfl_xor_sync(0xffffffffu, w.shift, m),
+            __shfl_xor_sync(0xffffffffu, w.offset, m), __shfl_xor_sync(0xffffffffu, w.m2, m)};
+}
+
+template <int TPR>
+__device__ __forceinline__ rg_welford rg_row_welford(rg_welford w, float* scratch, int lane) {
+#pragma unroll
+    for (int m = (TPR < 32 ? TPR : 32) / 2; m > 0; m /= 2) {
+        const rg_welford other = rg_welford_shuffle(w, m);
+        w = (lane & m) ? rg_welford_combine(other, w) : rg_welford_combine(w, other);
+    }
+    if (TPR > 32) {
+        constexpr int WARPS = TPR / 32 > 0 ? TPR / 32 : 1;
+        float* const mine = scratch + 4 * (lane / 32);
+        if (lane % 32 == 0) {
+            RG_CHECK(mine, 16, true, __LINE__);
+            mine[0] = w.n; mine[1] = w.shift; mine[2] = w.offset; mine[3] = w.m2;
+        }
+        __syncthreads();
+        RG_CHECK(scratch, 16 * WARPS, false, __LINE__);
+        w = {scratch[0], scratch[1], scratch[2], scratch[3]};
+#pragma unroll
+        for (int k = 1; k < WARPS; ++k)
+            w = rg_welford_combine(w, {scratch[4 * k], scratch[4 * k + 1], scratch[4 * k + 2], scratch[4 * k + 3]});
+    }
+    return w;
+}
+
 // WIDE: every row start and weight is aligned for VEC-element accesses (the launch checks);
 // otherwise the _narrow entry point below reads and writes element by element.
 template <bool WIDE>
@@ -209,7 +271,8 @@ __device__ __forceinline__ void rg_gpt2_bf16_h4096_t128_r1_v8_reg_body(
     float c_residual[ITERS][VEC];  // the row stays in registers between phases
 
     // ---- phase 0 ----
-    float rs1 = 0.0f;
+    rg_welford rs2_w = {0.0f, 0.0f, 0.0f, 0.0f};  // one-pass variance (count, shift, offset, m2)
+    float rs5 = 0.0f;
 #pragma unroll 4
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
@@ -219,43 +282,27 @@ __device__ __forceinline__ void rg_gpt2_bf16_h4096_t128_r1_v8_reg_body(
         float (&v_residual)[VEC] = c_residual[it];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
         float v_residual_out[VEC];
+        float rs2_x[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
             const float t0 = v_x[j] + v_residual[j];
             v_residual_out[j] = t0;
             if (!TAIL || col0 + j < HIDDEN) {
-                rs1 += t0;
+                rs2_x[j] = t0;
+                rs5 += t0;
             }
         }
+        rg_welford_add<VEC>(rs2_w, rs2_x, TAIL ? HIDDEN - col0 : VEC);
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual_out, col0, v_residual_out);
     }
-    rs1 = rg_row_reduce<rg_sum, TPR>(rs1, scratch + (0 * ROWS_PER_CTA + slot) * WARPS, lane);
-    const float rs3 = rs1 * 0.000244140625f;
+    rs2_w = rg_row_welford<TPR>(rs2_w, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    const float rs2 = rs2_w.m2 / (float)HIDDEN;
+    rs5 = rg_row_reduce<rg_sum, TPR>(rs5, scratch + (1 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    const float rs3 = 9.99999975e-06f + rs2;
+    const float rs4 = rsqrtf(rs3);
+    const float rs7 = rs5 * 0.000244140625f;
 
     // ---- phase 1 ----
-    float rs6 = 0.0f;
-#pragma unroll 4
-    for (int it = 0; it < ITERS; ++it) {
-        const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
-        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&v_x)[VEC] = c_x[it];
-        const float (&v_residual)[VEC] = c_residual[it];
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-            const float t0 = v_x[j] + v_residual[j];
-            const float t4 = t0 - rs3;
-            const float t5 = t4 * t4;
-            if (!TAIL || col0 + j < HIDDEN) {
-                rs6 += t5;
-            }
-        }
-    }
-    rs6 = rg_row_reduce<rg_sum, TPR>(rs6, scratch + (1 * ROWS_PER_CTA + slot) * WARPS, lane);
-    const float rs7 = rs6 * 0.000244140625f;
-    const float rs9 = rs7 + 9.99999975e-06f;
-    const float rs10 = rsqrtf(rs9);
-
-    // ---- phase 2 ----
 #pragma unroll 4
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
@@ -270,11 +317,11 @@ __device__ __forceinline__ void rg_gpt2_bf16_h4096_t128_r1_v8_reg_body(
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
             const float t0 = v_x[j] + v_residual[j];
-            const float t4 = t0 - rs3;
-            const float t11 = rs10 * t4;
-            const float t12 = t11 * v_weight[j];
-            const float t13 = v_bias[j] + t12;
-            v_y[j] = t13;
+            const float t8 = t0 - rs7;
+            const float t9 = rs4 * t8;
+            const float t10 = t9 * v_weight[j];
+            const float t11 = v_bias[j] + t10;
+            v_y[j] = t11;
         }
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_y, col0, v_y);
     }

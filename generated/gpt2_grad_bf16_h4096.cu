@@ -7,8 +7,8 @@
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
 //   row cache   registers (x, residual, d_y kept between phases)
 //   col sums    2 accumulated in shared memory, 264 persistent CTAs, then a finalize kernel
-//   shared mem  32816 bytes dynamic (column sums, reduction partials)
-//   phases      2 (3 reduction(s))
+//   shared mem  32896 bytes dynamic (column sums, reduction partials)
+//   phases      2 (2 reduction(s))
 //
 // Names: p_<name> is a tensor argument, s_<name> its row stride, r_<name> this row of it, c_<name>
 // its row cache, v_<name> its values in the current chunk, a_<name> a runtime scalar; t<i>, rs<i>,
@@ -21,40 +21,36 @@
 //     %saved_1 = row_scalar "saved_1" : rowscalar<f32>
 //     %d_residual_out = input "d_residual_out" : row<bf16>
 //     %d_y = input "d_y" : row<bf16>
-//     %0 = mul %saved_1, %saved_1 : rowscalar<f32>
-//     %1 = mul %saved_1, %0 : rowscalar<f32>
-//     %2 = const -0.5 : scalar<f32>
-//     %3 = mul %1, %2 : rowscalar<f32>
-//     %4 = mul %d_y, %weight : row<bf16>
-//     %5 = add %x, %residual : row<bf16>
-//     %6 = sub %5, %saved_0 : row<f32>
-//     %7 = mul %4, %6 : row<f32>
-//     %8 = row_sum %7 : rowscalar<f32>
-//     %9 = mul %3, %8 : rowscalar<f32>
-//     %10 = const 1/4096 : scalar<f32>
-//     %11 = mul %9, %10 : rowscalar<f32>
-//     %12 = row_sum %6 : rowscalar<f32>
-//     %13 = mul %11, %12 : rowscalar<f32>
-//     %14 = row_sum %4 : rowscalar<bf16>
-//     %15 = mul %saved_1, %14 : rowscalar<f32>
-//     %16 = add %15, %13 : rowscalar<f32>
-//     %17 = add %13, %16 : rowscalar<f32>
-//     %18 = neg %17 : rowscalar<f32>
-//     %19 = mul %18, %10 : rowscalar<f32>
-//     %20 = mul %saved_1, %4 : row<f32>
-//     %21 = mul %11, %6 : row<f32>
-//     %22 = add %20, %21 : row<f32>
-//     %23 = add %22, %21 : row<f32>
-//     %24 = add %d_residual_out, %23 : row<f32>
-//     %25 = add %19, %24 : row<f32>
-//     %26 = mul %saved_1, %6 : row<f32>
-//     %27 = mul %d_y, %26 : row<f32>
-//     %28 = col_sum %27 : col<f32>
-//     %29 = col_sum %d_y : col<f32>
-//     output "d_x" = %25 : row<bf16>
-//     output "d_residual" = %25 : row<bf16>
-//     output "d_weight" = %28 : col<bf16>
-//     output "d_bias" = %29 : col<bf16>
+//     %0 = mul %d_y, %weight : row<bf16>
+//     %1 = mul %saved_0, %0 : row<f32>
+//     %2 = add %d_residual_out, %1 : row<f32>
+//     %3 = row_sum %0 : rowscalar<bf16>
+//     %4 = mul %saved_0, %3 : rowscalar<f32>
+//     %5 = neg %4 : rowscalar<f32>
+//     %6 = const 1/4096 : scalar<f32>
+//     %7 = mul %5, %6 : rowscalar<f32>
+//     %8 = add %2, %7 : row<f32>
+//     %9 = add %x, %residual : row<bf16>
+//     %10 = sub %9, %saved_1 : row<f32>
+//     %11 = mul %10, %0 : row<f32>
+//     %12 = row_sum %11 : rowscalar<f32>
+//     %13 = mul %saved_0, %saved_0 : rowscalar<f32>
+//     %14 = mul %saved_0, %13 : rowscalar<f32>
+//     %15 = const -0.5 : scalar<f32>
+//     %16 = mul %14, %15 : rowscalar<f32>
+//     %17 = mul %12, %16 : rowscalar<f32>
+//     %18 = const 1/2048 : scalar<f32>
+//     %19 = mul %18, %10 : row<f32>
+//     %20 = mul %17, %19 : row<f32>
+//     %21 = add %8, %20 : row<f32>
+//     %22 = mul %saved_0, %10 : row<f32>
+//     %23 = mul %22, %d_y : row<f32>
+//     %24 = col_sum %23 : col<f32>
+//     %25 = col_sum %d_y : col<f32>
+//     output "d_x" = %21 : row<bf16>
+//     output "d_residual" = %21 : row<bf16>
+//     output "d_weight" = %24 : col<bf16>
+//     output "d_bias" = %25 : col<bf16>
 //   }
 #include <cuda_bf16.h>
 
@@ -191,6 +187,70 @@ __device__ __forceinline__ float rg_row_reduce(float v, float* scratch, int lane
     return v;
 }
 
+// A row's variance in one pass: per thread (count, shift, offset, m2), the mean being shift + offset
+// and m2 the sum of squared deviations from it; threads combine with Chan's formula. The shift is a
+// value of the row itself, so offsets, differences of means and deviations are all small numbers
+// (nearby floats subtract exactly): a large mean costs the variance no precision. Operands always
+// combine in the same order (the lower lane's first), so every lane of a row gets the same bits.
+struct rg_welford { float n, shift, offset, m2; };
+
+__device__ __forceinline__ rg_welford rg_welford_combine(rg_welford a, rg_welford b) {
+    if (b.n == 0.0f) return a;
+    if (a.n == 0.0f) return b;
+    const float n = a.n + b.n;
+    const float d = (b.shift - a.shift) + (b.offset - a.offset);  // the difference of the two means
+    const float f = b.n / n;
+    return {n, a.shift, a.offset + d * f, (a.m2 + b.m2) + d * d * a.n * f};
+}
+
+// Add the first `valid` of a chunk's VEC values: shifted by the first of them, their mean offset
+// and squared deviations in two passes over registers, then one combine.
+template <int VEC>
+__device__ __forceinline__ void rg_welford_add(rg_welford& w, const float (&x)[VEC], int valid) {
+    const int count = valid < 0 ? 0 : valid > VEC ? VEC : valid;
+    if (count == 0) return;
+    const float shift = x[0];
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 1; j < VEC; ++j) if (j < count) sum += x[j] - shift;
+    const float offset = sum / (float)count;
+    float m2 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) if (j < count) { const float d = (x[j] - shift) - offset; m2 += d * d; }
+    w = rg_welford_combine(w, {(float)count, shift, offset, m2});
+}
+
+// rg_row_reduce for a rg_welford: shuffles within a warp, then the row's warps in order through
+// `scratch` (four floats per warp).
+__device__ __forceinline__ rg_welford rg_welford_shuffle(rg_welford w, int m) {
+    return {__shfl_xor_sync(0xffffffffu, w.n, m), __shfl_xor_sync(0xffffffffu, w.shift, m),
+            __shfl_xor_sync(0xffffffffu, w.offset, m), __shfl_xor_sync(0xffffffffu, w.m2, m)};
+}
+
+template <int TPR>
+__device__ __forceinline__ rg_welford rg_row_welford(rg_welford w, float* scratch, int lane) {
+#pragma unroll
+    for (int m = (TPR < 32 ? TPR : 32) / 2; m > 0; m /= 2) {
+        const rg_welford other = rg_welford_shuffle(w, m);
+        w = (lane & m) ? rg_welford_combine(other, w) : rg_welford_combine(w, other);
+    }
+    if (TPR > 32) {
+        constexpr int WARPS = TPR / 32 > 0 ? TPR / 32 : 1;
+        float* const mine = scratch + 4 * (lane / 32);
+        if (lane % 32 == 0) {
+            RG_CHECK(mine, 16, true, __LINE__);
+            mine[0] = w.n; mine[1] = w.shift; mine[2] = w.offset; mine[3] = w.m2;
+        }
+        __syncthreads();
+        RG_CHECK(scratch, 16 * WARPS, false, __LINE__);
+        w = {scratch[0], scratch[1], scratch[2], scratch[3]};
+#pragma unroll
+        for (int k = 1; k < WARPS; ++k)
+            w = rg_welford_combine(w, {scratch[4 * k], scratch[4 * k + 1], scratch[4 * k + 2], scratch[4 * k + 3]});
+    }
+    return w;
+}
+
 // WIDE: every row start and weight is aligned for VEC-element accesses (the launch checks);
 // otherwise the _narrow entry point below reads and writes element by element.
 template <bool WIDE>
@@ -254,18 +314,17 @@ __device__ __forceinline__ void rg_gpt2_grad_bf16_h4096_t128_r1_v8_reg_body(
     __nv_bfloat16* r_d_residual = p_d_residual + src_row * s_d_residual;
     const float v_saved_0 = rg_load_one(p_saved_0 + src_row);
     const float v_saved_1 = rg_load_one(p_saved_1 + src_row);
-    const float rs0 = v_saved_1 * v_saved_1;
-    const float rs1 = v_saved_1 * rs0;
-    const float rs3 = rs1 * (-0.5f);
+    const float rs13 = v_saved_0 * v_saved_0;
+    const float rs14 = v_saved_0 * rs13;
+    const float rs16 = rs14 * (-0.5f);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 32768);  // per-warp partials
     float c_x[ITERS][VEC];  // the row stays in registers between phases
     float c_residual[ITERS][VEC];  // the row stays in registers between phases
     float c_d_y[ITERS][VEC];  // the row stays in registers between phases
 
     // ---- phase 0 ----
-    float rs8 = 0.0f;
+    float rs3 = 0.0f;
     float rs12 = 0.0f;
-    float rs14 = 0.0f;
 #pragma unroll 4
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
@@ -284,34 +343,28 @@ __device__ __forceinline__ void rg_gpt2_grad_bf16_h4096_t128_r1_v8_reg_body(
         rg_load<float, VEC, ITERS * TPR * VEC, true>(k1, lcol0, k1_v);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t4 = v_d_y[j] * v_weight[j];
-            const float t5 = v_x[j] + v_residual[j];
-            const float t6 = t5 - v_saved_0;
-            const float t7 = t4 * t6;
-            const float t26 = v_saved_1 * t6;
-            const float t27 = v_d_y[j] * t26;
+            const float t0 = v_d_y[j] * v_weight[j];
+            const float t9 = v_x[j] + v_residual[j];
+            const float t10 = t9 - v_saved_1;
+            const float t11 = t10 * t0;
+            const float t22 = v_saved_0 * t10;
+            const float t23 = t22 * v_d_y[j];
             if (!TAIL || col0 + j < HIDDEN) {
-                rs8 += t7;
-                rs12 += t6;
-                rs14 += t4;
+                rs3 += t0;
+                rs12 += t11;
             }
-            if (in_row && (!TAIL || col0 + j < HIDDEN)) k0_v[j] += t27;
+            if (in_row && (!TAIL || col0 + j < HIDDEN)) k0_v[j] += t23;
             if (in_row && (!TAIL || col0 + j < HIDDEN)) k1_v[j] += v_d_y[j];
         }
         rg_store<float, VEC, ITERS * TPR * VEC, true>(k0, lcol0, k0_v);
         rg_store<float, VEC, ITERS * TPR * VEC, true>(k1, lcol0, k1_v);
     }
-    rs8 = rg_row_reduce<rg_sum, TPR>(rs8, scratch + (0 * ROWS_PER_CTA + slot) * WARPS, lane);
-    rs12 = rg_row_reduce<rg_sum, TPR>(rs12, scratch + (1 * ROWS_PER_CTA + slot) * WARPS, lane);
-    rs14 = rg_row_reduce<rg_sum, TPR>(rs14, scratch + (2 * ROWS_PER_CTA + slot) * WARPS, lane);
-    const float rs9 = rs3 * rs8;
-    const float rs11 = rs9 * 0.000244140625f;
-    const float rs13 = rs11 * rs12;
-    const float rs15 = v_saved_1 * rs14;
-    const float rs16 = rs15 + rs13;
-    const float rs17 = rs13 + rs16;
-    const float rs18 = -rs17;
-    const float rs19 = rs18 * 0.000244140625f;
+    rs3 = rg_row_reduce<rg_sum, TPR>(rs3, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    rs12 = rg_row_reduce<rg_sum, TPR>(rs12, scratch + (1 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    const float rs4 = v_saved_0 * rs3;
+    const float rs5 = -rs4;
+    const float rs7 = rs5 * 0.000244140625f;
+    const float rs17 = rs12 * rs16;
 
     // ---- phase 1 ----
 #pragma unroll 4
@@ -329,17 +382,17 @@ __device__ __forceinline__ void rg_gpt2_grad_bf16_h4096_t128_r1_v8_reg_body(
         float v_d_residual[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t4 = v_d_y[j] * v_weight[j];
-            const float t5 = v_x[j] + v_residual[j];
-            const float t6 = t5 - v_saved_0;
-            const float t20 = v_saved_1 * t4;
-            const float t21 = rs11 * t6;
-            const float t22 = t20 + t21;
-            const float t23 = t22 + t21;
-            const float t24 = v_d_residual_out[j] + t23;
-            const float t25 = rs19 + t24;
-            v_d_x[j] = t25;
-            v_d_residual[j] = t25;
+            const float t0 = v_d_y[j] * v_weight[j];
+            const float t1 = v_saved_0 * t0;
+            const float t2 = v_d_residual_out[j] + t1;
+            const float t8 = t2 + rs7;
+            const float t9 = v_x[j] + v_residual[j];
+            const float t10 = t9 - v_saved_1;
+            const float t19 = 0.00048828125f * t10;
+            const float t20 = rs17 * t19;
+            const float t21 = t8 + t20;
+            v_d_x[j] = t21;
+            v_d_residual[j] = t21;
         }
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_x, col0, v_d_x);
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_residual, col0, v_d_residual);

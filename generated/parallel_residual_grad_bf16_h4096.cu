@@ -7,8 +7,8 @@
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (smem-staged)
 //   row cache   smem (residual, attn, mlp, d_y kept between phases)
 //   col sums    2 accumulated in shared memory, 264 persistent CTAs, then a finalize kernel
-//   shared mem  65584 bytes dynamic (row cache, column sums, reduction partials)
-//   phases      2 (3 reduction(s))
+//   shared mem  65664 bytes dynamic (row cache, column sums, reduction partials)
+//   phases      2 (2 reduction(s))
 //
 // Names: p_<name> is a tensor argument, s_<name> its row stride, r_<name> this row of it, c_<name>
 // its row cache, v_<name> its values in the current chunk, a_<name> a runtime scalar; t<i>, rs<i>,
@@ -22,42 +22,38 @@
 //     %saved_1 = row_scalar "saved_1" : rowscalar<f32>
 //     %d_residual_out = input "d_residual_out" : row<bf16>
 //     %d_y = input "d_y" : row<bf16>
-//     %0 = mul %saved_1, %saved_1 : rowscalar<f32>
-//     %1 = mul %saved_1, %0 : rowscalar<f32>
-//     %2 = const -0.5 : scalar<f32>
-//     %3 = mul %1, %2 : rowscalar<f32>
-//     %4 = add %attn, %residual : row<bf16>
-//     %5 = add %mlp, %4 : row<bf16>
-//     %6 = sub %5, %saved_0 : row<f32>
-//     %7 = mul %d_y, %weight : row<bf16>
-//     %8 = mul %6, %7 : row<f32>
-//     %9 = row_sum %8 : rowscalar<f32>
-//     %10 = mul %3, %9 : rowscalar<f32>
-//     %11 = const 1/4096 : scalar<f32>
-//     %12 = mul %10, %11 : rowscalar<f32>
-//     %13 = row_sum %6 : rowscalar<f32>
-//     %14 = mul %12, %13 : rowscalar<f32>
-//     %15 = row_sum %7 : rowscalar<bf16>
-//     %16 = mul %saved_1, %15 : rowscalar<f32>
-//     %17 = add %14, %16 : rowscalar<f32>
-//     %18 = add %17, %14 : rowscalar<f32>
-//     %19 = neg %18 : rowscalar<f32>
-//     %20 = mul %19, %11 : rowscalar<f32>
-//     %21 = mul %6, %12 : row<f32>
-//     %22 = mul %saved_1, %7 : row<f32>
-//     %23 = add %22, %21 : row<f32>
-//     %24 = add %21, %23 : row<f32>
-//     %25 = add %d_residual_out, %24 : row<f32>
-//     %26 = add %20, %25 : row<f32>
-//     %27 = mul %6, %saved_1 : row<f32>
-//     %28 = mul %d_y, %27 : row<f32>
-//     %29 = col_sum %28 : col<f32>
-//     %30 = col_sum %d_y : col<f32>
-//     output "d_residual" = %26 : row<bf16>
-//     output "d_attn" = %26 : row<bf16>
-//     output "d_mlp" = %26 : row<bf16>
-//     output "d_weight" = %29 : col<bf16>
-//     output "d_bias" = %30 : col<bf16>
+//     %0 = const 1/2048 : scalar<f32>
+//     %1 = add %attn, %residual : row<bf16>
+//     %2 = add %mlp, %1 : row<bf16>
+//     %3 = sub %2, %saved_1 : row<f32>
+//     %4 = mul %0, %3 : row<f32>
+//     %5 = mul %d_y, %weight : row<bf16>
+//     %6 = mul %3, %5 : row<f32>
+//     %7 = row_sum %6 : rowscalar<f32>
+//     %8 = mul %saved_0, %saved_0 : rowscalar<f32>
+//     %9 = mul %saved_0, %8 : rowscalar<f32>
+//     %10 = const -0.5 : scalar<f32>
+//     %11 = mul %9, %10 : rowscalar<f32>
+//     %12 = mul %7, %11 : rowscalar<f32>
+//     %13 = mul %4, %12 : row<f32>
+//     %14 = mul %saved_0, %5 : row<f32>
+//     %15 = add %d_residual_out, %14 : row<f32>
+//     %16 = row_sum %5 : rowscalar<bf16>
+//     %17 = mul %saved_0, %16 : rowscalar<f32>
+//     %18 = neg %17 : rowscalar<f32>
+//     %19 = const 1/4096 : scalar<f32>
+//     %20 = mul %18, %19 : rowscalar<f32>
+//     %21 = add %15, %20 : row<f32>
+//     %22 = add %13, %21 : row<f32>
+//     %23 = mul %saved_0, %3 : row<f32>
+//     %24 = mul %d_y, %23 : row<f32>
+//     %25 = col_sum %24 : col<f32>
+//     %26 = col_sum %d_y : col<f32>
+//     output "d_residual" = %22 : row<bf16>
+//     output "d_attn" = %22 : row<bf16>
+//     output "d_mlp" = %22 : row<bf16>
+//     output "d_weight" = %25 : col<bf16>
+//     output "d_bias" = %26 : col<bf16>
 //   }
 #include <cuda_bf16.h>
 
@@ -194,6 +190,70 @@ __device__ __forceinline__ float rg_row_reduce(float v, float* scratch, int lane
     return v;
 }
 
+// A row's variance in one pass: per thread (count, shift, offset, m2), the mean being shift + offset
+// and m2 the sum of squared deviations from it; threads combine with Chan's formula. The shift is a
+// value of the row itself, so offsets, differences of means and deviations are all small numbers
+// (nearby floats subtract exactly): a large mean costs the variance no precision. Operands always
+// combine in the same order (the lower lane's first), so every lane of a row gets the same bits.
+struct rg_welford { float n, shift, offset, m2; };
+
+__device__ __forceinline__ rg_welford rg_welford_combine(rg_welford a, rg_welford b) {
+    if (b.n == 0.0f) return a;
+    if (a.n == 0.0f) return b;
+    const float n = a.n + b.n;
+    const float d = (b.shift - a.shift) + (b.offset - a.offset);  // the difference of the two means
+    const float f = b.n / n;
+    return {n, a.shift, a.offset + d * f, (a.m2 + b.m2) + d * d * a.n * f};
+}
+
+// Add the first `valid` of a chunk's VEC values: shifted by the first of them, their mean offset
+// and squared deviations in two passes over registers, then one combine.
+template <int VEC>
+__device__ __forceinline__ void rg_welford_add(rg_welford& w, const float (&x)[VEC], int valid) {
+    const int count = valid < 0 ? 0 : valid > VEC ? VEC : valid;
+    if (count == 0) return;
+    const float shift = x[0];
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 1; j < VEC; ++j) if (j < count) sum += x[j] - shift;
+    const float offset = sum / (float)count;
+    float m2 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) if (j < count) { const float d = (x[j] - shift) - offset; m2 += d * d; }
+    w = rg_welford_combine(w, {(float)count, shift, offset, m2});
+}
+
+// rg_row_reduce for a rg_welford: shuffles within a warp, then the row's warps in order through
+// `scratch` (four floats per warp).
+__device__ __forceinline__ rg_welford rg_welford_shuffle(rg_welford w, int m) {
+    return {__shfl_xor_sync(0xffffffffu, w.n, m), __shfl_xor_sync(0xffffffffu, w.shift, m),
+            __shfl_xor_sync(0xffffffffu, w.offset, m), __shfl_xor_sync(0xffffffffu, w.m2, m)};
+}
+
+template <int TPR>
+__device__ __forceinline__ rg_welford rg_row_welford(rg_welford w, float* scratch, int lane) {
+#pragma unroll
+    for (int m = (TPR < 32 ? TPR : 32) / 2; m > 0; m /= 2) {
+        const rg_welford other = rg_welford_shuffle(w, m);
+        w = (lane & m) ? rg_welford_combine(other, w) : rg_welford_combine(w, other);
+    }
+    if (TPR > 32) {
+        constexpr int WARPS = TPR / 32 > 0 ? TPR / 32 : 1;
+        float* const mine = scratch + 4 * (lane / 32);
+        if (lane % 32 == 0) {
+            RG_CHECK(mine, 16, true, __LINE__);
+            mine[0] = w.n; mine[1] = w.shift; mine[2] = w.offset; mine[3] = w.m2;
+        }
+        __syncthreads();
+        RG_CHECK(scratch, 16 * WARPS, false, __LINE__);
+        w = {scratch[0], scratch[1], scratch[2], scratch[3]};
+#pragma unroll
+        for (int k = 1; k < WARPS; ++k)
+            w = rg_welford_combine(w, {scratch[4 * k], scratch[4 * k + 1], scratch[4 * k + 2], scratch[4 * k + 3]});
+    }
+    return w;
+}
+
 // WIDE: every row start and weight is aligned for VEC-element accesses (the launch checks);
 // otherwise the _narrow entry point below reads and writes element by element.
 template <bool WIDE>
@@ -263,9 +323,9 @@ __device__ __forceinline__ void rg_parallel_residual_grad_bf16_h4096_t128_r1_v8_
     __nv_bfloat16* r_d_mlp = p_d_mlp + src_row * s_d_mlp;
     const float v_saved_0 = rg_load_one(p_saved_0 + src_row);
     const float v_saved_1 = rg_load_one(p_saved_1 + src_row);
-    const float rs0 = v_saved_1 * v_saved_1;
-    const float rs1 = v_saved_1 * rs0;
-    const float rs3 = rs1 * (-0.5f);
+    const float rs8 = v_saved_0 * v_saved_0;
+    const float rs9 = v_saved_0 * rs8;
+    const float rs11 = rs9 * (-0.5f);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 65536);  // per-warp partials
     __nv_bfloat16* c_residual = reinterpret_cast<__nv_bfloat16*>(rg_smem + 0) + slot * 4096;  // the row waits here between phases
     __nv_bfloat16* c_attn = reinterpret_cast<__nv_bfloat16*>(rg_smem + 8192) + slot * 4096;  // the row waits here between phases
@@ -273,9 +333,8 @@ __device__ __forceinline__ void rg_parallel_residual_grad_bf16_h4096_t128_r1_v8_
     __nv_bfloat16* c_d_y = reinterpret_cast<__nv_bfloat16*>(rg_smem + 24576) + slot * 4096;  // the row waits here between phases
 
     // ---- phase 0 ----
-    float rs9 = 0.0f;
-    float rs13 = 0.0f;
-    float rs15 = 0.0f;
+    float rs7 = 0.0f;
+    float rs16 = 0.0f;
 #pragma unroll 4
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
@@ -300,35 +359,29 @@ __device__ __forceinline__ void rg_parallel_residual_grad_bf16_h4096_t128_r1_v8_
         rg_load<float, VEC, ITERS * TPR * VEC, true>(k1, lcol0, k1_v);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t4 = v_attn[j] + v_residual[j];
-            const float t5 = v_mlp[j] + t4;
-            const float t6 = t5 - v_saved_0;
-            const float t7 = v_d_y[j] * v_weight[j];
-            const float t8 = t6 * t7;
-            const float t27 = t6 * v_saved_1;
-            const float t28 = v_d_y[j] * t27;
+            const float t1 = v_attn[j] + v_residual[j];
+            const float t2 = v_mlp[j] + t1;
+            const float t3 = t2 - v_saved_1;
+            const float t5 = v_d_y[j] * v_weight[j];
+            const float t6 = t3 * t5;
+            const float t23 = v_saved_0 * t3;
+            const float t24 = v_d_y[j] * t23;
             if (!TAIL || col0 + j < HIDDEN) {
-                rs9 += t8;
-                rs13 += t6;
-                rs15 += t7;
+                rs7 += t6;
+                rs16 += t5;
             }
-            if (in_row && (!TAIL || col0 + j < HIDDEN)) k0_v[j] += t28;
+            if (in_row && (!TAIL || col0 + j < HIDDEN)) k0_v[j] += t24;
             if (in_row && (!TAIL || col0 + j < HIDDEN)) k1_v[j] += v_d_y[j];
         }
         rg_store<float, VEC, ITERS * TPR * VEC, true>(k0, lcol0, k0_v);
         rg_store<float, VEC, ITERS * TPR * VEC, true>(k1, lcol0, k1_v);
     }
-    rs9 = rg_row_reduce<rg_sum, TPR>(rs9, scratch + (0 * ROWS_PER_CTA + slot) * WARPS, lane);
-    rs13 = rg_row_reduce<rg_sum, TPR>(rs13, scratch + (1 * ROWS_PER_CTA + slot) * WARPS, lane);
-    rs15 = rg_row_reduce<rg_sum, TPR>(rs15, scratch + (2 * ROWS_PER_CTA + slot) * WARPS, lane);
-    const float rs10 = rs3 * rs9;
-    const float rs12 = rs10 * 0.000244140625f;
-    const float rs14 = rs12 * rs13;
-    const float rs16 = v_saved_1 * rs15;
-    const float rs17 = rs14 + rs16;
-    const float rs18 = rs17 + rs14;
-    const float rs19 = -rs18;
-    const float rs20 = rs19 * 0.000244140625f;
+    rs7 = rg_row_reduce<rg_sum, TPR>(rs7, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    rs16 = rg_row_reduce<rg_sum, TPR>(rs16, scratch + (1 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    const float rs12 = rs7 * rs11;
+    const float rs17 = v_saved_0 * rs16;
+    const float rs18 = -rs17;
+    const float rs20 = rs18 * 0.000244140625f;
 
     // ---- phase 1 ----
 #pragma unroll 4
@@ -352,19 +405,19 @@ __device__ __forceinline__ void rg_parallel_residual_grad_bf16_h4096_t128_r1_v8_
         float v_d_mlp[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t4 = v_attn[j] + v_residual[j];
-            const float t5 = v_mlp[j] + t4;
-            const float t6 = t5 - v_saved_0;
-            const float t7 = v_d_y[j] * v_weight[j];
-            const float t21 = t6 * rs12;
-            const float t22 = v_saved_1 * t7;
-            const float t23 = t22 + t21;
-            const float t24 = t21 + t23;
-            const float t25 = v_d_residual_out[j] + t24;
-            const float t26 = rs20 + t25;
-            v_d_residual[j] = t26;
-            v_d_attn[j] = t26;
-            v_d_mlp[j] = t26;
+            const float t1 = v_attn[j] + v_residual[j];
+            const float t2 = v_mlp[j] + t1;
+            const float t3 = t2 - v_saved_1;
+            const float t4 = 0.00048828125f * t3;
+            const float t5 = v_d_y[j] * v_weight[j];
+            const float t13 = t4 * rs12;
+            const float t14 = v_saved_0 * t5;
+            const float t15 = v_d_residual_out[j] + t14;
+            const float t21 = t15 + rs20;
+            const float t22 = t13 + t21;
+            v_d_residual[j] = t22;
+            v_d_attn[j] = t22;
+            v_d_mlp[j] = t22;
         }
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_residual, col0, v_d_residual);
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_attn, col0, v_d_attn);

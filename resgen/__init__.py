@@ -28,6 +28,7 @@ from resgen.ir.builder import (
     row_max,
     row_mean,
     row_sum,
+    row_var,
     rsqrt,
     sqrt,
 )
@@ -45,6 +46,6 @@ __all__ = [
     "BackendUnavailableError", "Block", "CompileError", "DType", "IRTypeError", "Kernel", "LaunchConfig",
     "LaunchError", "Output", "Outputs", "PlanError", "ResgenError", "SpecError", "Value", "VerifyError",
     "VerifyReport", "abs", "bf16", "cast", "catalog", "col_sum", "compile", "dropout", "emit", "eq", "f16", "f32",
-    "grad", "gt", "layer_norm", "maximum", "pipeline", "reference", "rms_norm", "row_max", "row_mean", "row_sum",
+    "grad", "gt", "layer_norm", "maximum", "pipeline", "reference", "rms_norm", "row_max", "row_mean", "row_sum", "row_var",
     "rsqrt", "sqrt", "verify",
 ]

@@ -83,6 +83,8 @@ class _Interpreter:
             return args[0].to(self.accumulate).sum(dim=-1, keepdim=True).float()
         if op == "row_max":
             return args[0].amax(dim=-1, keepdim=True)
+        if op == "row_var":
+            return args[0].to(self.accumulate).var(dim=-1, unbiased=False, keepdim=True).float()
         if op == "col_sum":
             return args[0].to(self.accumulate).sum(dim=0).float()
         if op == "dropout":

@@ -33,3 +33,22 @@ __device__ __forceinline__ float rg_cluster_reduce(float v, float* partial, bool
     for (int r = 1; r < CLUSTER; ++r) total = Op::apply(total, rg_cluster_load(partial, r));
     return total;
 }
+
+// The same for a row variance's rg_welford: four floats per CTA, combined in rank order.
+__device__ __forceinline__ rg_welford rg_cluster_welford_load(const float* partial, unsigned rank) {
+    return {rg_cluster_load(partial, rank), rg_cluster_load(partial + 1, rank), rg_cluster_load(partial + 2, rank),
+            rg_cluster_load(partial + 3, rank)};
+}
+
+template <int CLUSTER>
+__device__ __forceinline__ rg_welford rg_cluster_welford(rg_welford w, float* partial, bool leader) {
+    if (leader) {
+        RG_CHECK(partial, 16, true, __LINE__);
+        partial[0] = w.n; partial[1] = w.shift; partial[2] = w.offset; partial[3] = w.m2;
+    }
+    rg_cluster_sync();
+    rg_welford total = rg_cluster_welford_load(partial, 0);
+#pragma unroll
+    for (int r = 1; r < CLUSTER; ++r) total = rg_welford_combine(total, rg_cluster_welford_load(partial, r));
+    return total;
+}

@@ -24,7 +24,7 @@ def random_blocks(draw, max_ops: int = 8) -> rg.Block:
     for _ in range(draw(st.integers(1, max_ops))):
         a = draw(st.sampled_from(rows))
         op = draw(st.sampled_from(["add", "sub", "mul", "div", "max", "sqrt", "rsqrt", "abs", "neg", "cast",
-                                   "row_sum", "row_mean", "row_max", "layer_norm", "rms_norm", "dropout", "rs"]))
+                                   "row_sum", "row_mean", "row_max", "row_var", "layer_norm", "rms_norm", "dropout", "rs"]))
         other = draw(st.sampled_from(rows + cols + scalars + row_scalars + [1.5]))
         if op == "add":
             rows.append(a + other)
@@ -46,7 +46,7 @@ def random_blocks(draw, max_ops: int = 8) -> rg.Block:
             rows.append(-a)
         elif op == "cast":
             rows.append(rg.cast(a, draw(st.sampled_from(DTYPES))))
-        elif op in ("row_sum", "row_mean", "row_max"):
+        elif op in ("row_sum", "row_mean", "row_max", "row_var"):
             row_scalars.append(getattr(rg, op)(a))
         elif op == "layer_norm":
             w = draw(st.sampled_from([None, *cols]))

@@ -257,3 +257,11 @@ def test_a_gradient_two_inputs_share_is_written_once():
                                                                                     leaves["residual"].grad)
     fp32 = rg.compile(rg.catalog.llama_fp32_residual(rg.bf16), 256, backend="emu")  # bf16 d_x, f32 d_residual
     assert distinct_outputs(rg.grad(fp32.block))[1] == {}
+
+
+def test_two_weights_with_one_gradient_each_get_their_own_accumulators():
+    b = rg.Block("twins")
+    b.output("y", b.input("x") + b.weight("w0") + b.weight("w1"))  # d_w0 and d_w1: one col_sum node
+    report = rg.verify(b, 1000, 37, backend="emu", grad=True, sanitize=True)
+    assert report.ok, report.table()
+    assert lower(rg.grad(b), 1000).col_sums_in_smem  # both in shared memory, each its own columns

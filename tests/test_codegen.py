@@ -79,7 +79,7 @@ def test_plan_rejects_configs_that_would_spill_or_overflow_smem():
     llama = rg.catalog.llama(rg.bf16)
     with pytest.raises(PlanError, match="need [0-9]+ floats per thread in registers"):
         lower(llama, 65536, LaunchConfig(1024, 1, 8, "registers"))
-    with pytest.raises(PlanError, match="needs 1048704 bytes of shared memory, over sm_80's"):
+    with pytest.raises(PlanError, match="needs 1049088 bytes of shared memory, over sm_80's"):
         lower(llama, 262144, LaunchConfig(1024, 1, 8, "smem"), arch="sm_80")
     with pytest.raises(PlanError, match="idle"):
         lower(llama, 64, LaunchConfig(1024, 1, 8, "registers"))

@@ -118,7 +118,13 @@ def cached_floats(block: Block, hidden: int, config: LaunchConfig) -> int:
 
 def col_sum_floats(block: Block, hidden: int, config: LaunchConfig) -> int:
     """Floats per thread the column reductions' accumulators hold."""
-    return sum(n.op == "col_sum" for n in block.body) * chunks_per_thread(hidden, config) * config.vec
+    return col_sum_count(block) * chunks_per_thread(hidden, config) * config.vec
+
+
+def col_sum_count(block: Block) -> int:
+    """Column reductions the kernel accumulates: one per column output (two outputs of one col_sum
+    node, e.g. two weights' equal gradients, each get their own)."""
+    return sum(o.node.kind is Kind.COL for o in block.outputs)
 
 
 def register_budget(block: Block, config: LaunchConfig, arch: Arch) -> int:
@@ -162,13 +168,14 @@ def smem_layout(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> 
                 total += up16(pitch * p.dtype.itemsize * config.rows_per_cta)
     col_sums = total
     if col_sums_in_smem(block, hidden, config, arch):
-        total += up16(4 * pitch * config.rows_per_cta) * sum(n.op == "col_sum" for n in block.body)
+        total += up16(4 * pitch * config.rows_per_cta) * col_sum_count(block)
     reductions = sum(n.op in REDUCE_OPS for n in block.body)
     scratch = total
-    total += up16(4 * reductions * config.rows_per_cta * max(1, config.threads_per_row // 32))
+    # four floats per slot: a row variance's rg_welford; the other reductions use the first
+    total += up16(4 * 4 * reductions * config.rows_per_cta * max(1, config.threads_per_row // 32))
     partials = total
     if config.cluster > 1:
-        total += up16(4 * reductions)
+        total += up16(4 * 4 * reductions)
     return SmemLayout(pitch, offsets, col_sums, scratch, partials, total)
 
 
@@ -464,7 +471,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
             dropouts=tuple(dict.fromkeys(Dropout(namer.uniforms(n), n.attr("site")) for n in nodes if n.op == "dropout")),
             computes=tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes),
             reductions=tuple(
-                Reduction(reductions.index(r), namer.ref(r), "max" if r.op == "row_max" else "sum",
+                Reduction(reductions.index(r), namer.ref(r), {"row_max": "max", "row_var": "var"}.get(r.op, "sum"),
                           namer.ref(r.args[0]), "rg_neg_inf()" if r.op == "row_max" else "0.0f") for r in reds),
             stores=tuple(Store(row_out[o.name], namer.ref(o.node)) for o in stores),
             after=tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in after_nodes),

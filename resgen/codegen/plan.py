@@ -169,7 +169,7 @@ class ColTensor:
 class Reduction:
     index: int  # which scratch slot in shared memory
     var: str
-    op: str  # "sum" | "max"
+    op: str  # "sum" | "max" | "var" (one-pass variance: rg_welford)
     value: str  # the expression accumulated per element
     init: str
 

@@ -59,6 +59,13 @@ def row_max(v: Value) -> Value:
     return unary("row_max", v)
 
 
+def row_var(v: Value) -> Value:
+    """Population variance over the hidden dimension of each row (divides by hidden): a row scalar.
+    Kernels take it in one pass (Welford within a thread, Chan's combine across threads), so a
+    LayerNorm's mean and variance need one reduction phase, not two."""
+    return unary("row_var", v)
+
+
 def _as_float(value: object) -> object:
     """Numbers as floats (attributes are floats); anything else is left for `check_attrs` to reject."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value

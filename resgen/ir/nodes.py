@@ -34,7 +34,8 @@ PARAM_OPS = ("input", "weight", "scalar", "row_scalar")
 #: Elementwise ops of two operands; eq and gt give 1.0 where the comparison holds, else 0.0.
 BINARY_OPS = ("add", "sub", "mul", "div", "maximum", "eq", "gt")
 UNARY_OPS = ("neg", "sqrt", "rsqrt", "abs")
-REDUCE_OPS = ("row_sum", "row_mean", "row_max")
+#: Row reductions; row_var is the population variance (divides by hidden), taken in one pass.
+REDUCE_OPS = ("row_sum", "row_mean", "row_max", "row_var")
 #: Reductions over the rows of each column: a column vector (weight and bias gradients).
 COL_REDUCE_OPS = ("col_sum",)
 COMPOSITE_OPS = ("layer_norm", "rms_norm")

@@ -71,6 +71,17 @@ class _Tape:
                 self.primal[n] = make(n.op, tuple(self.primal[a] for a in n.args), **dict(n.attrs))
         self.adjoint: dict[Node, Node] = {}
         self.per_row: dict[Node, Node] = {}  # column vectors: the per-row sum of their contributions
+        self.low = low
+        self.two_over_hidden = const(2 / low.hidden)
+
+    def mean_of(self, v: Node) -> Node:
+        """The backward's value of mean(v): the forward's row_sum(v) * (1/hidden) node when it has
+        one (a LayerNorm's, so the saved statistic), else a new row sum of v's value."""
+        for n in self.low.body:
+            if n.op == "mul" and n.args[0].op == "row_sum" and n.args[0].args[0] is v and n.args[1].op == "const" \
+                    and n.args[1].attr("value") == 1 / self.low.hidden:
+                return self.primal[n]
+        return make("mul", (make("row_sum", (self.primal[v],)), const(1 / self.low.hidden)))
 
     def param(self, op: str, name: str, dtype) -> Node:
         node = make(op, name=name, dtype=dtype)
@@ -145,6 +156,9 @@ def _backprop(tape: _Tape, n: Node, a: Node) -> None:
         tape.add(args[0], make("dropout", (a,), **dict(n.attrs)))
     elif op in ("row_sum", "col_sum"):
         tape.add(args[0], a)
+    elif op == "row_var":  # d var / d v = 2 (v - mean(v)) / hidden, with the forward's mean where it has one
+        mean = tape.mean_of(args[0])
+        tape.add(args[0], _op("mul", a, _op("mul", _op("sub", P[args[0]], mean), tape.two_over_hidden)))
     elif op == "row_max":  # torch's rule: the gradient is shared evenly by the maxima of the row
         hit = _op("eq", P[args[0]], P[n])
         tape.add(args[0], _op("mul", a, _op("div", hit, make("row_sum", (hit,)))))

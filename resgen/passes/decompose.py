@@ -13,7 +13,8 @@ def _mean(v: Node) -> Node:
 
 @dataclass(frozen=True)
 class DecomposeNorms:
-    """Lower layer_norm, rms_norm and row_mean to primitives (two-pass variance for layer_norm)."""
+    """Lower layer_norm, rms_norm and row_mean to primitives (layer_norm's mean and its one-pass
+    variance, row_var, reduce the same row side by side: one reduction phase)."""
 
     name: str = "decompose-norms"
 
@@ -27,7 +28,7 @@ class DecomposeNorms:
         if node.op == "layer_norm":
             v, extra = node.args[0], list(node.args[1:])
             centered = make("sub", (v, _mean(v)))
-            var = _mean(make("mul", (centered, centered)))
+            var = make("row_var", (v,))
             y = make("mul", (centered, make("rsqrt", (make("add", (var, const(node.attr("eps")))),))))
             if node.attr("weight"):
                 y = make("mul", (y, extra.pop(0)))
