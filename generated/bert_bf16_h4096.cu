@@ -5,7 +5,7 @@
 //   arch        sm_90
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
-//   row cache   registers (x, residual kept between phases)
+//   row cache   registers (%2 kept between phases)
 //   shared mem  128 bytes dynamic (reduction partials)
 //   phases      2 (2 reduction(s))
 //
@@ -310,8 +310,7 @@ __device__ __forceinline__ void rg_bert_bf16_h4096_t128_r1_v8_reg_body(
     const __nv_bfloat16* r_residual = p_residual + src_row * s_residual;
     __nv_bfloat16* r_y = p_y + src_row * s_y;
     float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
-    float c_x[ITERS][VEC];  // the row stays in registers between phases
-    float c_residual[ITERS][VEC];  // the row stays in registers between phases
+    float h2[ITERS][VEC];  // t2 as computed, kept in registers for a later phase
 
     // ---- phase 0 ----
     rg_welford rs3_w = {0.0f, 0.0f, 0.0f, 0.0f};  // one-pass variance (count, shift, offset, m2)
@@ -320,9 +319,9 @@ __device__ __forceinline__ void rg_bert_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        float (&v_x)[VEC] = c_x[it];
+        float v_x[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
-        float (&v_residual)[VEC] = c_residual[it];
+        float v_residual[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
         float v_bias[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_bias, col0, v_bias);
@@ -334,6 +333,7 @@ __device__ __forceinline__ void rg_bert_bf16_h4096_t128_r1_v8_reg_body(
             const float t0 = v_x[j] + v_bias[j];
             const float t1 = drop0_u[j] >= 0.100000001f ? t0 * 1.11111116f : 0.0f;
             const float t2 = t1 + v_residual[j];
+            h2[it][j] = t2;
             if (!TAIL || col0 + j < HIDDEN) {
                 rs3_x[j] = t2;
                 rs7 += t2;
@@ -353,22 +353,15 @@ __device__ __forceinline__ void rg_bert_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&v_x)[VEC] = c_x[it];
-        const float (&v_residual)[VEC] = c_residual[it];
-        float v_bias[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_bias, col0, v_bias);
+        const float (&h2_v)[VEC] = h2[it];
         float v_weight[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
         float v_ln_bias[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_ln_bias, col0, v_ln_bias);
-        float drop0_u[VEC];
-        rg_dropout_uniforms<VEC>(col0, (unsigned)row, seed, offset, 0u, drop0_u);
         float v_y[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = v_x[j] + v_bias[j];
-            const float t1 = drop0_u[j] >= 0.100000001f ? t0 * 1.11111116f : 0.0f;
-            const float t2 = t1 + v_residual[j];
+            const float t2 = h2_v[j];
             const float t10 = t2 - rs9;
             const float t11 = rs6 * t10;
             const float t12 = t11 * v_weight[j];

@@ -5,7 +5,7 @@
 //   arch        sm_90
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
-//   row cache   registers (x, residual, d_y kept between phases)
+//   row cache   registers (%0, %12 kept between phases)
 //   col sums    3 accumulated in shared memory, 264 persistent CTAs, then a finalize kernel
 //   shared mem  49280 bytes dynamic (column sums, reduction partials)
 //   phases      2 (2 reduction(s))
@@ -371,9 +371,8 @@ __device__ __forceinline__ void rg_bert_grad_bf16_h4096_t128_r1_v8_reg_body(
     const float rs15 = v_saved_0 * rs14;
     const float rs17 = rs15 * (-0.5f);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 49152);  // per-warp partials
-    float c_x[ITERS][VEC];  // the row stays in registers between phases
-    float c_residual[ITERS][VEC];  // the row stays in registers between phases
-    float c_d_y[ITERS][VEC];  // the row stays in registers between phases
+    float h0[ITERS][VEC];  // t0 as computed, kept in registers for a later phase
+    float h12[ITERS][VEC];  // t12 as computed, kept in registers for a later phase
 
     // ---- phase 0 ----
     float rs2 = 0.0f;
@@ -382,11 +381,11 @@ __device__ __forceinline__ void rg_bert_grad_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        float (&v_x)[VEC] = c_x[it];
+        float v_x[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
-        float (&v_residual)[VEC] = c_residual[it];
+        float v_residual[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
-        float (&v_d_y)[VEC] = c_d_y[it];
+        float v_d_y[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_y, col0, v_d_y);
         float v_bias[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_bias, col0, v_bias);
@@ -408,6 +407,8 @@ __device__ __forceinline__ void rg_bert_grad_bf16_h4096_t128_r1_v8_reg_body(
             const float t18 = t12 * t0;
             const float t25 = v_saved_0 * t12;
             const float t26 = v_d_y[j] * t25;
+            h0[it][j] = t0;
+            h12[it][j] = t12;
             if (!TAIL || col0 + j < HIDDEN) {
                 rs2 += t0;
                 rs19 += t18;
@@ -430,13 +431,8 @@ __device__ __forceinline__ void rg_bert_grad_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&v_x)[VEC] = c_x[it];
-        const float (&v_residual)[VEC] = c_residual[it];
-        const float (&v_d_y)[VEC] = c_d_y[it];
-        float v_bias[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_bias, col0, v_bias);
-        float v_weight[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
+        const float (&h0_v)[VEC] = h0[it];
+        const float (&h12_v)[VEC] = h12[it];
         float drop0_u[VEC];
         rg_dropout_uniforms<VEC>(col0, (unsigned)row, seed, offset, 0u, drop0_u);
         float v_d_x[VEC];
@@ -445,13 +441,10 @@ __device__ __forceinline__ void rg_bert_grad_bf16_h4096_t128_r1_v8_reg_body(
         rg_load<float, VEC, ITERS * TPR * VEC, true>(k0, lcol0, k0_v);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = v_d_y[j] * v_weight[j];
+            const float t0 = h0_v[j];
+            const float t12 = h12_v[j];
             const float t1 = v_saved_0 * t0;
             const float t7 = t1 + rs6;
-            const float t9 = v_x[j] + v_bias[j];
-            const float t10 = drop0_u[j] >= 0.100000001f ? t9 * 1.11111116f : 0.0f;
-            const float t11 = t10 + v_residual[j];
-            const float t12 = t11 - v_saved_1;
             const float t13 = 0.00048828125f * t12;
             const float t21 = t13 * rs20;
             const float t22 = t7 + t21;

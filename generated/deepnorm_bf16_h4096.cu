@@ -5,7 +5,7 @@
 //   arch        sm_90
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
-//   row cache   registers (residual, x kept between phases)
+//   row cache   registers (%1 kept between phases)
 //   shared mem  128 bytes dynamic (reduction partials)
 //   phases      2 (2 reduction(s))
 //
@@ -266,8 +266,7 @@ __device__ __forceinline__ void rg_deepnorm_bf16_h4096_t128_r1_v8_reg_body(
     const __nv_bfloat16* r_x = p_x + src_row * s_x;
     __nv_bfloat16* r_y = p_y + src_row * s_y;
     float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
-    float c_residual[ITERS][VEC];  // the row stays in registers between phases
-    float c_x[ITERS][VEC];  // the row stays in registers between phases
+    float h1[ITERS][VEC];  // t1 as computed, kept in registers for a later phase
 
     // ---- phase 0 ----
     float rs2 = 0.0f;
@@ -276,15 +275,16 @@ __device__ __forceinline__ void rg_deepnorm_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        float (&v_residual)[VEC] = c_residual[it];
+        float v_residual[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
-        float (&v_x)[VEC] = c_x[it];
+        float v_x[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
         float rs7_x[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
             const float t0 = a_alpha * v_residual[j];
             const float t1 = v_x[j] + t0;
+            h1[it][j] = t1;
             if (!TAIL || col0 + j < HIDDEN) {
                 rs2 += t1;
                 rs7_x[j] = t1;
@@ -304,8 +304,7 @@ __device__ __forceinline__ void rg_deepnorm_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&v_residual)[VEC] = c_residual[it];
-        const float (&v_x)[VEC] = c_x[it];
+        const float (&h1_v)[VEC] = h1[it];
         float v_weight[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
         float v_bias[VEC];
@@ -313,8 +312,7 @@ __device__ __forceinline__ void rg_deepnorm_bf16_h4096_t128_r1_v8_reg_body(
         float v_y[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = a_alpha * v_residual[j];
-            const float t1 = v_x[j] + t0;
+            const float t1 = h1_v[j];
             const float t5 = t1 - rs4;
             const float t10 = t5 * rs9;
             const float t11 = t10 * v_weight[j];

@@ -5,7 +5,7 @@
 //   arch        sm_90
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
-//   row cache   registers (residual, x, d_y kept between phases)
+//   row cache   registers (%0, %8 kept between phases)
 //   col sums    2 accumulated in shared memory, 264 persistent CTAs, then a finalize kernel
 //   shared mem  32896 bytes dynamic (column sums, reduction partials)
 //   phases      2 (2 reduction(s))
@@ -317,9 +317,8 @@ __device__ __forceinline__ void rg_deepnorm_grad_bf16_h4096_t128_r1_v8_reg_body(
     const float rs3 = v_saved_1 * rs2;
     const float rs5 = rs3 * (-0.5f);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 32768);  // per-warp partials
-    float c_residual[ITERS][VEC];  // the row stays in registers between phases
-    float c_x[ITERS][VEC];  // the row stays in registers between phases
-    float c_d_y[ITERS][VEC];  // the row stays in registers between phases
+    float h0[ITERS][VEC];  // t0 as computed, kept in registers for a later phase
+    float h8[ITERS][VEC];  // t8 as computed, kept in registers for a later phase
 
     // ---- phase 0 ----
     float rs10 = 0.0f;
@@ -328,11 +327,11 @@ __device__ __forceinline__ void rg_deepnorm_grad_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        float (&v_residual)[VEC] = c_residual[it];
+        float v_residual[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
-        float (&v_x)[VEC] = c_x[it];
+        float v_x[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
-        float (&v_d_y)[VEC] = c_d_y[it];
+        float v_d_y[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_y, col0, v_d_y);
         float v_weight[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
@@ -349,6 +348,8 @@ __device__ __forceinline__ void rg_deepnorm_grad_bf16_h4096_t128_r1_v8_reg_body(
             const float t9 = t0 * t8;
             const float t23 = v_saved_1 * t8;
             const float t24 = v_d_y[j] * t23;
+            h0[it][j] = t0;
+            h8[it][j] = t8;
             if (!TAIL || col0 + j < HIDDEN) {
                 rs10 += t9;
                 rs16 += t0;
@@ -371,20 +372,15 @@ __device__ __forceinline__ void rg_deepnorm_grad_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&v_residual)[VEC] = c_residual[it];
-        const float (&v_x)[VEC] = c_x[it];
-        const float (&v_d_y)[VEC] = c_d_y[it];
-        float v_weight[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
+        const float (&h0_v)[VEC] = h0[it];
+        const float (&h8_v)[VEC] = h8[it];
         float v_d_residual[VEC];
         float v_d_x[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = v_d_y[j] * v_weight[j];
+            const float t0 = h0_v[j];
+            const float t8 = h8_v[j];
             const float t1 = v_saved_1 * t0;
-            const float t6 = a_alpha * v_residual[j];
-            const float t7 = v_x[j] + t6;
-            const float t8 = t7 - v_saved_0;
             const float t13 = 0.00048828125f * t8;
             const float t14 = rs11 * t13;
             const float t15 = t1 + t14;

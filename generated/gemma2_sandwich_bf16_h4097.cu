@@ -5,7 +5,7 @@
 //   arch        sm_90
 //   hidden      4097 (9 chunk(s) of 1 per thread, predicated tail)
 //   launch      512 threads/CTA = 1 row(s) x 512 threads (cta-per-row)
-//   row cache   registers (x, residual kept between phases)
+//   row cache   registers (x, %11 kept between phases)
 //   shared mem  512 bytes dynamic (reduction partials)
 //   phases      3 (2 reduction(s))
 //
@@ -276,7 +276,7 @@ __device__ __forceinline__ void rg_gemma2_sandwich_bf16_h4097_t512_r1_v1_reg_bod
     __nv_bfloat16* r_y = p_y + src_row * s_y;
     float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
     float c_x[ITERS][VEC];  // the row stays in registers between phases
-    float c_residual[ITERS][VEC];  // the row stays in registers between phases
+    float h11[ITERS][VEC];  // t11 as computed, kept in registers for a later phase
 
     // ---- phase 0 ----
     float rs3 = 0.0f;
@@ -305,7 +305,7 @@ __device__ __forceinline__ void rg_gemma2_sandwich_bf16_h4097_t512_r1_v1_reg_bod
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        float (&v_residual)[VEC] = c_residual[it];
+        float v_residual[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
         const float (&v_x)[VEC] = c_x[it];
         float v_post_weight[VEC];
@@ -319,6 +319,7 @@ __device__ __forceinline__ void rg_gemma2_sandwich_bf16_h4097_t512_r1_v1_reg_bod
             const float t11 = v_residual[j] + t10;
             const float t13 = t11 * t11;
             v_residual_out[j] = t11;
+            h11[it][j] = t11;
             if (!TAIL || col0 + j < HIDDEN) {
                 rs14 += t13;
             }
@@ -335,19 +336,13 @@ __device__ __forceinline__ void rg_gemma2_sandwich_bf16_h4097_t512_r1_v1_reg_bod
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&v_x)[VEC] = c_x[it];
-        const float (&v_residual)[VEC] = c_residual[it];
-        float v_post_weight[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_post_weight, col0, v_post_weight);
+        const float (&h11_v)[VEC] = h11[it];
         float v_pre_weight[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_pre_weight, col0, v_pre_weight);
         float v_y[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t1 = 1.0f + v_post_weight[j];
-            const float t9 = rs8 * v_x[j];
-            const float t10 = t1 * t9;
-            const float t11 = v_residual[j] + t10;
+            const float t11 = h11_v[j];
             const float t12 = v_pre_weight[j] + 1.0f;
             const float t18 = rs17 * t11;
             const float t19 = t12 * t18;

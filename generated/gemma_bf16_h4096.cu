@@ -5,7 +5,7 @@
 //   arch        sm_90
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
-//   row cache   registers (x, residual kept between phases)
+//   row cache   registers (%0 kept between phases)
 //   shared mem  64 bytes dynamic (reduction partials)
 //   phases      2 (1 reduction(s))
 //
@@ -265,8 +265,7 @@ __device__ __forceinline__ void rg_gemma_bf16_h4096_t128_r1_v8_reg_body(
     float* r_residual_out = p_residual_out + src_row * s_residual_out;
     __nv_bfloat16* r_y = p_y + src_row * s_y;
     float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
-    float c_x[ITERS][VEC];  // the row stays in registers between phases
-    float c_residual[ITERS][VEC];  // the row stays in registers between phases
+    float h0[ITERS][VEC];  // t0 as computed, kept in registers for a later phase
 
     // ---- phase 0 ----
     float rs5 = 0.0f;
@@ -274,9 +273,9 @@ __device__ __forceinline__ void rg_gemma_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        float (&v_x)[VEC] = c_x[it];
+        float v_x[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
-        float (&v_residual)[VEC] = c_residual[it];
+        float v_residual[VEC];
         rg_load<float, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
         float v_residual_out[VEC];
 #pragma unroll
@@ -284,6 +283,7 @@ __device__ __forceinline__ void rg_gemma_bf16_h4096_t128_r1_v8_reg_body(
             const float t0 = v_x[j] + v_residual[j];
             const float t4 = t0 * t0;
             v_residual_out[j] = t0;
+            h0[it][j] = t0;
             if (!TAIL || col0 + j < HIDDEN) {
                 rs5 += t4;
             }
@@ -300,14 +300,13 @@ __device__ __forceinline__ void rg_gemma_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&v_x)[VEC] = c_x[it];
-        const float (&v_residual)[VEC] = c_residual[it];
+        const float (&h0_v)[VEC] = h0[it];
         float v_weight[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
         float v_y[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = v_x[j] + v_residual[j];
+            const float t0 = h0_v[j];
             const float t2 = 1.0f + v_weight[j];
             const float t10 = t0 * rs9;
             const float t11 = t2 * t10;

@@ -5,7 +5,7 @@
 //   arch        sm_90
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
-//   row cache   registers (x, residual, d_y kept between phases)
+//   row cache   registers (%0, %10 kept between phases)
 //   col sums    2 accumulated in shared memory, 264 persistent CTAs, then a finalize kernel
 //   shared mem  32896 bytes dynamic (column sums, reduction partials)
 //   phases      2 (2 reduction(s))
@@ -318,9 +318,8 @@ __device__ __forceinline__ void rg_gpt2_grad_bf16_h4096_t128_r1_v8_reg_body(
     const float rs14 = v_saved_0 * rs13;
     const float rs16 = rs14 * (-0.5f);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 32768);  // per-warp partials
-    float c_x[ITERS][VEC];  // the row stays in registers between phases
-    float c_residual[ITERS][VEC];  // the row stays in registers between phases
-    float c_d_y[ITERS][VEC];  // the row stays in registers between phases
+    float h0[ITERS][VEC];  // t0 as computed, kept in registers for a later phase
+    float h10[ITERS][VEC];  // t10 as computed, kept in registers for a later phase
 
     // ---- phase 0 ----
     float rs3 = 0.0f;
@@ -329,11 +328,11 @@ __device__ __forceinline__ void rg_gpt2_grad_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        float (&v_x)[VEC] = c_x[it];
+        float v_x[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
-        float (&v_residual)[VEC] = c_residual[it];
+        float v_residual[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
-        float (&v_d_y)[VEC] = c_d_y[it];
+        float v_d_y[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_y, col0, v_d_y);
         float v_weight[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
@@ -349,6 +348,8 @@ __device__ __forceinline__ void rg_gpt2_grad_bf16_h4096_t128_r1_v8_reg_body(
             const float t11 = t10 * t0;
             const float t22 = v_saved_0 * t10;
             const float t23 = t22 * v_d_y[j];
+            h0[it][j] = t0;
+            h10[it][j] = t10;
             if (!TAIL || col0 + j < HIDDEN) {
                 rs3 += t0;
                 rs12 += t11;
@@ -373,21 +374,17 @@ __device__ __forceinline__ void rg_gpt2_grad_bf16_h4096_t128_r1_v8_reg_body(
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
         float v_d_residual_out[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_residual_out, col0, v_d_residual_out);
-        const float (&v_x)[VEC] = c_x[it];
-        const float (&v_residual)[VEC] = c_residual[it];
-        const float (&v_d_y)[VEC] = c_d_y[it];
-        float v_weight[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
+        const float (&h0_v)[VEC] = h0[it];
+        const float (&h10_v)[VEC] = h10[it];
         float v_d_x[VEC];
         float v_d_residual[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = v_d_y[j] * v_weight[j];
+            const float t0 = h0_v[j];
+            const float t10 = h10_v[j];
             const float t1 = v_saved_0 * t0;
             const float t2 = v_d_residual_out[j] + t1;
             const float t8 = t2 + rs7;
-            const float t9 = v_x[j] + v_residual[j];
-            const float t10 = t9 - v_saved_1;
             const float t19 = 0.00048828125f * t10;
             const float t20 = rs17 * t19;
             const float t21 = t8 + t20;

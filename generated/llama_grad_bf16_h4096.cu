@@ -5,7 +5,7 @@
 //   arch        sm_90
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
-//   row cache   registers (x, residual, d_y kept between phases)
+//   row cache   registers (%0, %5 kept between phases)
 //   col sums    1 accumulated in shared memory, 264 persistent CTAs, then a finalize kernel
 //   shared mem  16448 bytes dynamic (column sums, reduction partials)
 //   phases      2 (1 reduction(s))
@@ -299,9 +299,8 @@ __device__ __forceinline__ void rg_llama_grad_bf16_h4096_t128_r1_v8_reg_body(
     const float rs2 = v_saved_0 * rs1;
     const float rs4 = rs2 * (-0.5f);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 16384);  // per-warp partials
-    float c_x[ITERS][VEC];  // the row stays in registers between phases
-    float c_residual[ITERS][VEC];  // the row stays in registers between phases
-    float c_d_y[ITERS][VEC];  // the row stays in registers between phases
+    float h0[ITERS][VEC];  // t0 as computed, kept in registers for a later phase
+    float h5[ITERS][VEC];  // t5 as computed, kept in registers for a later phase
 
     // ---- phase 0 ----
     float rs7 = 0.0f;
@@ -309,11 +308,11 @@ __device__ __forceinline__ void rg_llama_grad_bf16_h4096_t128_r1_v8_reg_body(
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        float (&v_x)[VEC] = c_x[it];
+        float v_x[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
-        float (&v_residual)[VEC] = c_residual[it];
+        float v_residual[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
-        float (&v_d_y)[VEC] = c_d_y[it];
+        float v_d_y[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_y, col0, v_d_y);
         float v_weight[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
@@ -326,6 +325,8 @@ __device__ __forceinline__ void rg_llama_grad_bf16_h4096_t128_r1_v8_reg_body(
             const float t6 = t0 * t5;
             const float t16 = v_saved_0 * t0;
             const float t17 = t16 * v_d_y[j];
+            h0[it][j] = t0;
+            h5[it][j] = t5;
             if (!TAIL || col0 + j < HIDDEN) {
                 rs7 += t6;
             }
@@ -344,17 +345,14 @@ __device__ __forceinline__ void rg_llama_grad_bf16_h4096_t128_r1_v8_reg_body(
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
         float v_d_residual_out[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_residual_out, col0, v_d_residual_out);
-        const float (&v_x)[VEC] = c_x[it];
-        const float (&v_residual)[VEC] = c_residual[it];
-        const float (&v_d_y)[VEC] = c_d_y[it];
-        float v_weight[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
+        const float (&h0_v)[VEC] = h0[it];
+        const float (&h5_v)[VEC] = h5[it];
         float v_d_x[VEC];
         float v_d_residual[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = v_x[j] + v_residual[j];
-            const float t5 = v_d_y[j] * v_weight[j];
+            const float t0 = h0_v[j];
+            const float t5 = h5_v[j];
             const float t11 = t0 * rs10;
             const float t12 = v_saved_0 * t5;
             const float t13 = v_d_residual_out[j] + t12;

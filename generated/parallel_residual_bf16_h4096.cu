@@ -5,7 +5,7 @@
 //   arch        sm_90
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
-//   row cache   registers (residual, attn, mlp kept between phases)
+//   row cache   registers (%1 kept between phases)
 //   shared mem  128 bytes dynamic (reduction partials)
 //   phases      2 (2 reduction(s))
 //
@@ -272,9 +272,7 @@ __device__ __forceinline__ void rg_parallel_residual_bf16_h4096_t128_r1_v8_reg_b
     __nv_bfloat16* r_residual_out = p_residual_out + src_row * s_residual_out;
     __nv_bfloat16* r_y = p_y + src_row * s_y;
     float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
-    float c_residual[ITERS][VEC];  // the row stays in registers between phases
-    float c_attn[ITERS][VEC];  // the row stays in registers between phases
-    float c_mlp[ITERS][VEC];  // the row stays in registers between phases
+    float h1[ITERS][VEC];  // t1 as computed, kept in registers for a later phase
 
     // ---- phase 0 ----
     rg_welford rs2_w = {0.0f, 0.0f, 0.0f, 0.0f};  // one-pass variance (count, shift, offset, m2)
@@ -283,11 +281,11 @@ __device__ __forceinline__ void rg_parallel_residual_bf16_h4096_t128_r1_v8_reg_b
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        float (&v_residual)[VEC] = c_residual[it];
+        float v_residual[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
-        float (&v_attn)[VEC] = c_attn[it];
+        float v_attn[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_attn, col0, v_attn);
-        float (&v_mlp)[VEC] = c_mlp[it];
+        float v_mlp[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_mlp, col0, v_mlp);
         float v_residual_out[VEC];
         float rs2_x[VEC];
@@ -296,6 +294,7 @@ __device__ __forceinline__ void rg_parallel_residual_bf16_h4096_t128_r1_v8_reg_b
             const float t0 = v_attn[j] + v_residual[j];
             const float t1 = v_mlp[j] + t0;
             v_residual_out[j] = t1;
+            h1[it][j] = t1;
             if (!TAIL || col0 + j < HIDDEN) {
                 rs2_x[j] = t1;
                 rs6 += t1;
@@ -316,9 +315,7 @@ __device__ __forceinline__ void rg_parallel_residual_bf16_h4096_t128_r1_v8_reg_b
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
-        const float (&v_residual)[VEC] = c_residual[it];
-        const float (&v_attn)[VEC] = c_attn[it];
-        const float (&v_mlp)[VEC] = c_mlp[it];
+        const float (&h1_v)[VEC] = h1[it];
         float v_weight[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
         float v_bias[VEC];
@@ -326,8 +323,7 @@ __device__ __forceinline__ void rg_parallel_residual_bf16_h4096_t128_r1_v8_reg_b
         float v_y[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = v_attn[j] + v_residual[j];
-            const float t1 = v_mlp[j] + t0;
+            const float t1 = h1_v[j];
             const float t9 = t1 - rs8;
             const float t10 = rs5 * t9;
             const float t11 = t10 * v_weight[j];

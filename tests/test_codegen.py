@@ -49,7 +49,7 @@ def test_heuristic_covers_every_family():
     assert default_config(llama, 4096).family == "cta-per-row"
     assert default_config(llama, 65536, "sm_90").family == "cluster-smem"  # the row stays on chip
     assert default_config(llama, 65536, "sm_80").family == "global-staged"  # no clusters: re-read
-    assert default_config(rg.catalog.parallel_residual(rg.bf16), 16384).family == "smem-staged"
+    assert default_config(rg.catalog.parallel_residual(rg.bf16), 32768).family == "smem-staged"
     assert default_config(llama, 4097).vec == 1  # odd sizes cannot use vectors
     assert default_config(rg.catalog.llama(rg.f32), 4096).vec == 4  # 16 bytes of f32
 

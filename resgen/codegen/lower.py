@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 
 from resgen.codegen.arch import DEFAULT_ARCH, Arch, get_arch
+from resgen.codegen.liveness import row_cache, stages, store_phase
 from resgen.codegen.plan import (
     ColSum,
     ColTensor,
     Dropout,
     Entry,
+    Held,
     KernelPlan,
     LaunchConfig,
     Param,
@@ -29,14 +31,15 @@ from resgen.codegen.plan import (
 from resgen.errors import PlanError
 from resgen.ir.block import Block
 from resgen.ir.dtypes import DType, bf16, f16
-from resgen.ir.nodes import COL_REDUCE_OPS, PARAM_OPS, REDUCE_OPS, Kind, Node
+from resgen.ir.nodes import PARAM_OPS, REDUCE_OPS, Kind, Node
 from resgen.ir.printer import print_block
 from resgen.passes import pipeline
 from resgen.reference import dropout_scale
 
-#: Registers a thread keeps for everything but the cached row (addresses, loop state, temporaries),
-#: and what Philox's state adds when the block has dropout.
-REGISTER_OVERHEAD = 40
+#: Registers a thread keeps for everything but the cached row (addresses, loop state, temporaries,
+#: loads in flight), and what Philox's state adds when the block has dropout. Measured with NVRTC:
+#: 64 cached floats at 512 threads (128 registers each) spill 8 bytes, so at least 72.
+REGISTER_OVERHEAD = 72
 DROPOUT_REGISTERS = 40
 #: The most cached floats per thread we allow in registers, whatever the thread count.
 MAX_CACHED_FLOATS = 96
@@ -88,32 +91,9 @@ def chunks_per_thread(hidden: int, config: LaunchConfig) -> int:
     return math.ceil(hidden / (config.threads_per_row * config.vec * config.cluster))
 
 
-def phase_inputs(block: Block) -> list[set[str]]:
-    """The row inputs each phase's values need (per phase, by name)."""
-    order = {n: i for i, n in enumerate(block.body)}
-    stage = _stages(block)
-    last = _phases(block) - 1
-    needs = []
-    for s in range(last + 1):
-        roots = [n.args[0] for n in block.body if n.op in REDUCE_OPS + COL_REDUCE_OPS and stage[n.args[0]] == s]
-        roots += [o.node for o in block.outputs if o.node.kind is Kind.ROW and (last if o.inplace else stage[o.node]) == s]
-        nodes = _closure(roots, order)
-        needs.append(_params_used(nodes, "input") | {n.name for n in roots if n.op == "input"})
-    return needs
-
-
-def cached_inputs(block: Block, config: LaunchConfig) -> list[str]:
-    """Row inputs kept on chip between phases: those a later phase needs again after the phase that
-    first reads them (liveness over phases). An input only one phase needs is read there, once,
-    and never cached; with cache=global nothing is."""
-    if config.cache == "global":
-        return []
-    needs = phase_inputs(block)
-    return [p.name for p in block.params_of("input") if sum(p.name in n for n in needs) > 1]
-
-
 def cached_floats(block: Block, hidden: int, config: LaunchConfig) -> int:
-    return chunks_per_thread(hidden, config) * config.vec * len(cached_inputs(block, config))
+    """Floats per thread the row cache holds (inputs and computed values kept between phases)."""
+    return chunks_per_thread(hidden, config) * config.vec * row_cache(block, config).floats()
 
 
 def col_sum_floats(block: Block, hidden: int, config: LaunchConfig) -> int:
@@ -130,7 +110,7 @@ def col_sum_count(block: Block) -> int:
 def register_budget(block: Block, config: LaunchConfig, arch: Arch) -> int:
     """Floats per thread the row cache and column accumulators may keep in registers."""
     overhead = REGISTER_OVERHEAD + (DROPOUT_REGISTERS if any(n.op == "dropout" for n in block.body) else 0)
-    return min(MAX_CACHED_FLOATS, min(255, arch.regs_per_sm // config.threads) - overhead)
+    return max(0, min(MAX_CACHED_FLOATS, min(255, arch.regs_per_sm // config.threads) - overhead))
 
 
 def col_sums_in_smem(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> bool:
@@ -148,7 +128,8 @@ class SmemLayout:
     reduction, and (in a cluster) each reduction's CTA partial that the other CTAs read."""
 
     pitch: int  # elements of one row this CTA caches
-    cache_offsets: dict[str, int]
+    cache_offsets: dict[str, int]  # row inputs kept between phases
+    value_offsets: dict[Node, int]  # computed values kept between phases (float32)
     col_sums: int  # byte offset of the column accumulators (when they live in shared memory)
     scratch: int
     partials: int
@@ -160,12 +141,16 @@ def smem_layout(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> 
         return -(-n // 16) * 16
 
     pitch = -(-(chunks_per_thread(hidden, config) * config.threads_per_row * config.vec) // 8) * 8
-    offsets, total = {}, 0
+    offsets, values, total = {}, {}, 0
     if config.cache == "smem":
+        cache = row_cache(block, config)
         for p in block.params_of("input"):
-            if p.name in cached_inputs(block, config):
+            if p.name in cache.inputs:
                 offsets[p.name] = total
                 total += up16(pitch * p.dtype.itemsize * config.rows_per_cta)
+        for v in cache.values:
+            values[v] = total
+            total += up16(pitch * 4 * config.rows_per_cta)
     col_sums = total
     if col_sums_in_smem(block, hidden, config, arch):
         total += up16(4 * pitch * config.rows_per_cta) * col_sum_count(block)
@@ -176,19 +161,16 @@ def smem_layout(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> 
     partials = total
     if config.cluster > 1:
         total += up16(4 * 4 * reductions)
-    return SmemLayout(pitch, offsets, col_sums, scratch, partials, total)
-
-
-def _phases(block: Block) -> int:
-    """Passes over the row: one per reduction stage, and one more for outputs that need the last."""
-    stage = _stages(block)
-    reductions = [stage[n.args[0]] for n in block.body if n.op in REDUCE_OPS + COL_REDUCE_OPS]
-    row_outputs = [stage[o.node] for o in block.outputs if o.node.kind is Kind.ROW]
-    return 1 + max(reductions + row_outputs + [0])
+    return SmemLayout(pitch, offsets, values, col_sums, scratch, partials, total)
 
 
 def check_config(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> None:
     """Raise PlanError when `config` cannot run `block` at `hidden` on `arch` without spilling."""
+    if config.threads_per_row * config.vec * config.cluster >= 2 * hidden and config.threads_per_row * config.cluster > 1:
+        raise PlanError(
+            f"config {config}: {config.threads_per_row * config.cluster} threads x vec {config.vec} per row is "
+            f"over twice hidden={hidden}; most threads would idle"
+        )
     floats = cached_floats(block, hidden, config) if config.cache == "registers" else 0
     if not col_sums_in_smem(block, hidden, config, arch):
         floats += col_sum_floats(block, hidden, config)
@@ -207,11 +189,6 @@ def check_config(block: Block, hidden: int, config: LaunchConfig, arch: Arch) ->
         )
     if config.cluster > 1 and not arch.clusters:
         raise PlanError(f"config {config}: thread-block clusters need sm_90 or newer, not {arch.name}")
-    if config.threads_per_row * config.vec * config.cluster >= 2 * hidden and config.threads_per_row * config.cluster > 1:
-        raise PlanError(
-            f"config {config}: {config.threads_per_row * config.cluster} threads x vec {config.vec} per row is "
-            f"over twice hidden={hidden}; most threads would idle"
-        )
 
 
 def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH,
@@ -304,15 +281,6 @@ def _cta_threads(vectors: int) -> int:
     return min(candidates, key=cost) if candidates else MAX_HEURISTIC_THREADS
 
 
-def _stages(block: Block) -> dict[Node, int]:
-    """How many reductions must finish before each node's value exists."""
-    stage: dict[Node, int] = {p: 0 for p in block.params}
-    for node in block.body:
-        before = max((stage[a] for a in node.args), default=0)
-        stage[node] = before + 1 if node.op in REDUCE_OPS else before
-    return stage
-
-
 class _Namer:
     """C names for nodes: parameters by role and name (`ident`), per-element temporaries t<i>, row
     scalars rs<i>, scalars s<i>."""
@@ -356,36 +324,6 @@ class _Namer:
         raise PlanError(f"codegen: no C form for op {op!r}")
 
 
-def _closure(roots: list[Node], order: dict[Node, int]) -> list[Node]:
-    """Per-element nodes (row tensors and column vectors) the roots need, in body order."""
-    seen: set[Node] = set()
-    stack = [r for r in roots if r in order and r.kind in (Kind.ROW, Kind.COL) and r.op not in REDUCE_OPS]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.extend(a for a in node.args if a in order and a.kind in (Kind.ROW, Kind.COL))
-    return sorted(seen, key=order.__getitem__)
-
-
-def _params_used(nodes: list[Node], op: str) -> set[str]:
-    return {a.name for n in nodes for a in n.args if a.op == op}
-
-
-def _phase_inputs(phase: int, needs: list[set[str]], row_in: dict[str, RowTensor]
-                  ) -> tuple[tuple[RowTensor, ...], tuple[RowTensor, ...]]:
-    """(read from global memory, read from the row cache) for one phase: an input is read from
-    global memory by the first phase that needs it (filling the cache when it is cached) and by
-    every later phase that needs it when it is not cached (cache=global)."""
-    def first(name: str) -> int:
-        return next(i for i, n in enumerate(needs) if name in n)
-
-    wanted = [t for n, t in row_in.items() if n in needs[phase]]
-    loads = tuple(t for t in wanted if not t.cached or first(t.name) == phase)
-    return loads, tuple(t for t in wanted if t not in loads)
-
-
 def kernel_name(block: Block, hidden: int, config: LaunchConfig) -> str:
     dtype = block.params_of("input")[0].dtype
     cache = {"registers": "reg", "smem": "smem", "global": "gmem"}[config.cache]
@@ -423,19 +361,18 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     config = config or default_config(low, hidden, arch)
     check_config(low, hidden, config, target)
     namer = _Namer(low)
-    order = namer.index
-    stage = _stages(low)
+    stage = stages(low)
 
     inplace_of = {o.inplace: o.name for o in low.outputs if o.inplace}
     aliased = set(inplace_of) | set(inplace_of.values())
     smem = smem_layout(low, hidden, config, target)
-    cached = cached_inputs(low, config)
+    cache = row_cache(low, config)
     row_in = {
         p.name: RowTensor(p.name, p.dtype.c_type, p.dtype.itemsize, p.name not in aliased,
-                          smem.cache_offsets.get(p.name, 0), p.name in cached)
+                          smem.cache_offsets.get(p.name, 0), p.name in cache.inputs)
         for p in low.params_of("input")
     }
-    needs = phase_inputs(low)
+    held = {v: Held(namer.ref(v), smem.value_offsets.get(v, 0)) for v in cache.values}
     row_out = {
         o.name: RowTensor(o.name, o.dtype.c_type, o.dtype.itemsize, o.name not in aliased)
         for o in low.outputs if o.node.kind is Kind.ROW
@@ -444,10 +381,6 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
 
     reductions = [n for n in low.body if n.op in REDUCE_OPS]
     row_outputs = [o for o in low.outputs if o.node.kind is Kind.ROW]
-    last = _phases(low) - 1
-
-    def store_phase(o) -> int:
-        return last if o.inplace else stage[o.node]
 
     in_smem = col_sums_in_smem(low, hidden, config, target)
     acc_bytes = -(-4 * smem.pitch * config.rows_per_cta // 16) * 16
@@ -455,21 +388,27 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
                             smem.col_sums + i * acc_bytes if in_smem else -1)
                      for i, o in enumerate(o for o in low.outputs if o.node.kind is Kind.COL))
     phases = []
-    for s in range(last + 1):
+    first_read = {name: min(i for i, w in enumerate(cache.phases) if name in w.inputs) for name in cache.inputs}
+    for s, work in enumerate(cache.phases):
         reds = [r for r in reductions if stage[r.args[0]] == s]
-        stores = [o for o in row_outputs if store_phase(o) == s]
+        stores = [o for o in row_outputs if store_phase(low, o, stage) == s]
         cols = [o for o in low.outputs if o.node.kind is Kind.COL and stage[o.node.args[0]] == s]
-        nodes = _closure([r.args[0] for r in reds] + [o.node for o in stores] + [o.node.args[0] for o in cols], order)
-        loads, from_cache = _phase_inputs(s, needs, row_in)
+        nodes = work.nodes
+        wanted = [t for n, t in row_in.items() if n in work.inputs]  # read from the cache after their first phase
+        from_cache = tuple(t for t in wanted if t.cached and first_read[t.name] < s)
+        loads = tuple(t for t in wanted if t not in from_cache)
+        reads = tuple(held[v] for v in cache.values if v in work.reads)
         after_nodes = [n for n in low.body if n.kind is Kind.ROWS and stage[n] == s + 1 and n.op not in REDUCE_OPS]
         phases.append(Phase(
             index=s,
             loads=loads,
             cached=from_cache,
-            weights=tuple(t for n, t in weights.items() if n in _params_used(nodes, "weight")),
+            weights=tuple(t for n, t in weights.items() if any(a.op == "weight" and a.name == n
+                                                               for m in nodes for a in m.args)),
             # one draw per site: a backward's dropout reuses its forward's mask (same site, same uniforms)
             dropouts=tuple(dict.fromkeys(Dropout(namer.uniforms(n), n.attr("site")) for n in nodes if n.op == "dropout")),
-            computes=tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes),
+            computes=tuple(f"const float {h.var} = {h.cache}_v[j];" for h in reads)
+            + tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes),
             reductions=tuple(
                 Reduction(reductions.index(r), namer.ref(r), {"row_max": "max", "row_var": "var"}.get(r.op, "sum"),
                           namer.ref(r.args[0]), "rg_neg_inf()" if r.op == "row_max" else "0.0f") for r in reds),
@@ -479,6 +418,8 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
                 RowScalarStore(o.name, o.dtype.c_type, namer.ref(o.node))
                 for o in low.outputs if o.node.kind is Kind.ROWS and stage[o.node] == s + 1),
             col_sums=tuple(c for c in col_sums if c.out in {o.name for o in cols}),
+            keeps=tuple(h for v, h in held.items() if cache.producer[v] == s),
+            held=reads,
         ))
 
     prologue = tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in low.body if n.kind is Kind.SCALAR
@@ -519,6 +460,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         reductions=len(reductions),
         entries=_entries(low, kernel_name(low, hidden, config), config.vec),
         col_sums=col_sums,
+        held=tuple(held.values()),
         col_sums_in_smem=in_smem and bool(col_sums),
         persistent_ctas=PERSISTENT_CTAS if col_sums else 0,
         finalize=Entry(f"{kernel_name(low, hidden, config)}_colsum", False, 1) if col_sums else None,

@@ -224,6 +224,19 @@ class ColSum:
 
 
 @dataclass(frozen=True)
+class Held:
+    """A computed row value kept on chip, as the float32 it was computed as, from the phase that
+    computes it to the later phases that read it (resgen.codegen.liveness)."""
+
+    var: str  # its per-element C name, t<i>
+    smem_offset: int = 0  # byte offset of its cache in dynamic shared memory (cache=smem)
+
+    @property
+    def cache(self) -> str:
+        return "h" + self.var[1:]
+
+
+@dataclass(frozen=True)
 class Phase:
     """One pass over the row's columns; ends with its reductions and the row scalars they unlock."""
 
@@ -238,6 +251,8 @@ class Phase:
     after: tuple[str, ...]  # C statements computing row scalars once the reductions are done
     row_scalar_stores: tuple[RowScalarStore, ...]
     col_sums: tuple[ColSum, ...] = ()  # column reductions whose value this phase computes
+    keeps: tuple[Held, ...] = ()  # computed values this phase leaves in the row cache
+    held: tuple[Held, ...] = ()  # computed values this phase reads from the row cache
 
 
 @dataclass(frozen=True)
@@ -308,6 +323,7 @@ class KernelPlan:
     reductions: int
     entries: tuple[Entry, ...]
     col_sums: tuple[ColSum, ...] = ()
+    held: tuple[Held, ...] = ()  # computed values kept between phases
     col_sums_in_smem: bool = False  # the accumulators live in shared memory (ColSum.smem_offset)
     persistent_ctas: int = 0  # > 0: CTAs (clusters) loop over row groups, at most this many of them
     finalize: Entry | None = None  # the kernel that sums the column reductions' partials
@@ -332,8 +348,12 @@ class KernelPlan:
     def finalize_grid(self) -> int:
         return math.ceil(self.hidden / self.FINALIZE_THREADS)
 
+    def _kept(self) -> list[str]:
+        """What the row cache holds: inputs by name, computed values by their IR number (%<i>)."""
+        return [t.name for t in self.row_inputs if t.cached] + [f"%{h.var[1:]}" for h in self.held]
+
     def _smem_parts(self) -> str:
-        parts = (["row cache"] if self.config.cache == "smem" and any(t.cached for t in self.row_inputs) else []) + (
+        parts = (["row cache"] if self.config.cache == "smem" and self._kept() else []) + (
             ["column sums"] if self.col_sums_in_smem else []) + (["reduction partials"] if self.reductions else [])
         return ", ".join(parts) or "none used"
 
@@ -345,8 +365,7 @@ class KernelPlan:
             f"hidden      {self.hidden} ({self.iters} chunk(s) of {c.vec} per thread{', predicated tail' if self.tail else ''})",
             f"launch      {c.threads} threads/CTA = {c.rows_per_cta} row(s) x {c.threads_per_row} threads"
             + (f", {c.cluster} CTAs per row (cluster)" if c.cluster > 1 else "") + f" ({c.family})",
-            f"row cache   {c.cache}" + (f" ({', '.join(t.name for t in self.row_inputs if t.cached)} kept between phases)"
-                                        if any(t.cached for t in self.row_inputs) else ""),
+            f"row cache   {c.cache}" + (f" ({', '.join(self._kept())} kept between phases)" if self._kept() else ""),
             *([f"col sums    {len(self.col_sums)} accumulated in "
                + ("shared memory" if self.col_sums_in_smem else "registers")
                + f", {self.persistent_ctas} persistent CTAs, then a finalize kernel"] if self.col_sums else []),
