@@ -105,6 +105,73 @@ void thread_main() {
     self().wait = Wait::Done;
 }
 
+#if defined(__x86_64__)
+// rg_emu_switch(save, load): push the callee-saved registers and the floating-point control state,
+// store the stack pointer in *save, continue on the stack `load` (the layout start_fiber builds).
+asm(R"(
+    .text
+    .globl rg_emu_switch
+    .type rg_emu_switch, @function
+rg_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size rg_emu_switch, .-rg_emu_switch
+)");
+
+// Where a new fiber starts: run the thread, then return to the scheduler for good.
+extern "C" [[noreturn]] void rg_emu_fiber_entry() {
+    thread_main();
+    Context dead;
+    switch_to(dead, group->scheduler);
+    __builtin_unreachable();
+}
+
+// A stack that rg_emu_switch "returns" into rg_emu_fiber_entry from, with this thread's
+// floating-point control state and the stack aligned as if rg_emu_fiber_entry had been called.
+void start_fiber(Context& fiber, char* stack, size_t size, Context&) {
+    auto top = reinterpret_cast<uintptr_t>(stack + size) & ~uintptr_t(15);
+    void** sp = reinterpret_cast<void**>(top);
+    *--sp = nullptr;  // the return address rg_emu_fiber_entry never uses
+    *--sp = reinterpret_cast<void*>(&rg_emu_fiber_entry);
+    for (int r = 0; r < 6; ++r) *--sp = nullptr;  // rbp, rbx, r12-r15
+    --sp;
+    unsigned mxcsr;
+    unsigned short fpu;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpu));
+    std::memcpy(sp, &mxcsr, 4);
+    std::memcpy(reinterpret_cast<char*>(sp) + 4, &fpu, 2);
+    fiber.sp = sp;
+}
+#else
+void start_fiber(Context& fiber, char* stack, size_t size, Context& back) {
+    getcontext(&fiber.uc);
+    fiber.uc.uc_stack.ss_sp = stack;
+    fiber.uc.uc_stack.ss_size = size;
+    fiber.uc.uc_link = &back.uc;
+    makecontext(&fiber.uc, thread_main, 0);
+}
+#endif
+
 // Release the barrier `w` on threads [first, last) if every live one of them waits there. With
 // the sanitizer on, a barrier some threads exited before reaching, and a shuffle whose mask names a lane
 // that exited, are hazards.
@@ -167,7 +234,7 @@ bool release_barriers() {
 
 void run_thread(Group& state, unsigned t) {
     state.current = t;
-    swapcontext(&state.scheduler, &state.threads[t].context);
+    switch_to(state.scheduler, state.threads[t].context);
     const unsigned c = state.threads[t].cta, b = state.block;
     if (sanitizer.enabled && state.threads[t].wait == Wait::Done && !sanitizer.exited[c]) {
         bool all = true;
@@ -273,11 +340,7 @@ int launch(long long grid, unsigned threads, unsigned long long smem_bytes, unsi
             th.tid = t % threads;
             th.wait = Wait::Runnable;
             th.shuffles = 0;
-            getcontext(&th.context);
-            th.context.uc_stack.ss_sp = state.stacks[t].get();
-            th.context.uc_stack.ss_size = kStack;
-            th.context.uc_link = &state.scheduler;
-            makecontext(&th.context, thread_main, 0);
+            start_fiber(th.context, state.stacks[t].get(), kStack, state.scheduler);
         }
         if (!run_group(state, rng)) {
             std::snprintf(err, errlen,

@@ -1,6 +1,6 @@
 // resgen's SIMT runtime: CUDA's execution model on the CPU, so the emitted CUDA runs unchanged.
 //
-// Each CTA's threads are fibers (ucontext) scheduled cooperatively and deterministically: a thread
+// Each CTA's threads are fibers scheduled cooperatively and deterministically: a thread
 // runs as far as it can, until a barrier or its end, before the next one starts. __syncthreads()
 // releases when every live thread of the CTA waits there; warp shuffles release when every live
 // lane of the warp has arrived; a cluster barrier when every thread of the cluster has. So a
@@ -59,10 +59,27 @@
 
 namespace rg_emu {
 
+// ---- fibers ----
+// On x86-64 a fiber switch saves the callee-saved registers, MXCSR and the x87 control word on the
+// fiber's own stack and swaps stack pointers (rg_emu_switch, simt_runtime.cpp): no system call, where
+// glibc's swapcontext makes one per switch to save the signal mask. Elsewhere, ucontext.
+#if defined(__x86_64__)
+struct Context {
+    void* sp = nullptr;
+};
+extern "C" void rg_emu_switch(void** save, void* load);
+inline void switch_to(Context& from, const Context& to) { rg_emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
+    ucontext_t uc;
+};
+inline void switch_to(Context& from, const Context& to) { swapcontext(&from.uc, const_cast<ucontext_t*>(&to.uc)); }
+#endif
+
 enum class Wait { Runnable, Block, Warp, Cluster, Done };
 
 struct Thread {
-    ucontext_t context;
+    Context context;
     Wait wait = Wait::Runnable;
     unsigned cta = 0;  // which CTA of the group
     unsigned tid = 0;  // threadIdx.x within it
@@ -82,7 +99,7 @@ struct Group {
     std::vector<Thread> threads;  // CTA-major: thread t of CTA c is threads[c * block + t]
     std::vector<std::unique_ptr<char[]>> stacks;  // uninitialized: pages are touched only as used
     std::vector<unsigned> shuffle_slots[2];  // indexed like threads
-    ucontext_t scheduler;
+    Context scheduler;
     unsigned current = 0, block = 0;
     dim3 grid_dim, block_dim;
     const std::function<void()>* body = nullptr;
@@ -127,7 +144,7 @@ inline void block_until(Wait w, int line = 0) {
     Thread& me = self();
     me.wait = w;
     me.line = line;
-    swapcontext(&me.context, &group->scheduler);
+    switch_to(me.context, group->scheduler);
 }
 
 std::string who(unsigned index);
