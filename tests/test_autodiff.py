@@ -215,13 +215,17 @@ def test_kernel_calls_are_autograd_ops_matching_the_reference(name, dt):
         assert check.ok, (n, check)
 
 
-def test_cotangents_of_the_wrong_dtype_name_the_argument():
+def test_cotangents_of_the_wrong_dtype_or_shape_name_the_argument():
     block = rg.catalog.llama(rg.bf16)
     gb = rg.grad(block)
+    kernel = rg.compile(gb, 64, backend="emu")
     args = random_inputs(gb, (3,), 64)
-    args["d_y"] = args["d_y"].float()
     with pytest.raises(rg.LaunchError, match="'d_y' must have dtype torch.bfloat16"):
-        rg.compile(gb, 64, backend="emu")(**args)
+        kernel(**{**args, "d_y": args["d_y"].float()})
+    with pytest.raises(rg.LaunchError, match="d_y"):
+        kernel(**{**args, "d_y": args["d_y"][:2]})  # two rows where x has three
+    with pytest.raises(rg.LaunchError, match="d_y"):
+        kernel(**{**args, "d_y": torch.zeros(3, 65, dtype=torch.bfloat16)})  # hidden 65, compiled for 64
 
 
 def test_column_reduction_kernels_take_the_warm_path_with_fresh_workspaces():

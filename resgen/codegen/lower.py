@@ -41,6 +41,9 @@ from resgen.reference import dropout_scale
 #: 64 cached floats at 512 threads (128 registers each) spill 8 bytes, so at least 72.
 REGISTER_OVERHEAD = 72
 DROPOUT_REGISTERS = 40
+#: Chunks a smem- or global-staged kernel unrolls (its loads in flight), without and with dropout
+#: (Philox's state takes registers): enough for 32 KiB of loads in flight per SM at 512 threads.
+STAGED_UNROLL = {False: 4, True: 2}
 #: The most cached floats per thread we allow in registers, whatever the thread count.
 MAX_CACHED_FLOATS = 96
 #: Column-reduction accumulators over this many floats per thread live in shared memory instead.
@@ -443,7 +446,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         hidden=hidden,
         iters=iters,
         tail=hidden % (config.threads_per_row * config.vec * config.cluster) != 0,
-        unroll=iters if config.cache == "registers" or col_sums else min(iters, 1 if uses_dropout else 2),
+        unroll=iters if config.cache == "registers" or col_sums else min(iters, STAGED_UNROLL[uses_dropout]),
         smem_bytes=smem.total,
         smem_pitch=smem.pitch,
         smem_scratch=smem.scratch,
