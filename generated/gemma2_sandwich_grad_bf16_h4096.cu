@@ -6,7 +6,7 @@
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (smem-staged)
 //   row cache   smem (x, residual, d_residual_out, d_y kept between phases)
-//   col sums    2 accumulated in shared memory, 264 persistent CTAs, then a finalize kernel
+//   col sums    2 accumulated in shared memory, 1056 persistent CTAs, then a finalize kernel
 //   shared mem  65664 bytes dynamic (row cache, column sums, reduction partials)
 //   phases      3 (2 reduction(s))
 //

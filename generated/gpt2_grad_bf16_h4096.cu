@@ -6,7 +6,7 @@
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
 //   row cache   registers (%0, %10 kept between phases)
-//   col sums    2 accumulated in shared memory, 264 persistent CTAs, then a finalize kernel
+//   col sums    2 accumulated in shared memory, 1056 persistent CTAs, then a finalize kernel
 //   shared mem  32896 bytes dynamic (column sums, reduction partials)
 //   phases      2 (2 reduction(s))
 //

@@ -48,10 +48,16 @@ STAGED_UNROLL = {False: 4, True: 2}
 MAX_CACHED_FLOATS = 96
 #: Column-reduction accumulators over this many floats per thread live in shared memory instead.
 MAX_REGISTER_COL_FLOATS = 16
-#: A kernel with column reductions runs at most this many CTAs (clusters), each looping over row
-#: groups: a fixed number (not the GPU's), so the partial sums, and the result's bits, are the same
-#: on every device and on the emulator.
-PERSISTENT_CTAS = 264
+#: A kernel with column reductions runs at most `persistent_ctas(config)` CTAs (clusters), each
+#: looping over row groups: a number fixed by the config (not the GPU's), so the partial sums, and
+#: the result's bits, are the same on every device and on the emulator. It is the CTAs of up to
+#: 2048 threads per SM on PERSISTENT_SMS SMs (an H100's or H200's 132), at most 8 per SM: enough
+#: to fill those GPUs whatever the registers allow, few enough that the partials stay small.
+PERSISTENT_SMS = 132
+
+
+def persistent_ctas(config: LaunchConfig) -> int:
+    return PERSISTENT_SMS * max(1, min(8, 2048 // config.threads)) // config.cluster
 #: The heuristic's largest CTA: 1024 threads would cap every thread at 64 registers.
 MAX_HEURISTIC_THREADS = 512
 
@@ -465,7 +471,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         col_sums=col_sums,
         held=tuple(held.values()),
         col_sums_in_smem=in_smem and bool(col_sums),
-        persistent_ctas=PERSISTENT_CTAS if col_sums else 0,
+        persistent_ctas=persistent_ctas(config) if col_sums else 0,
         finalize=Entry(f"{kernel_name(low, hidden, config)}_colsum", False, 1) if col_sums else None,
         finalize_params=tuple(Param("workspace", c.ws, "const float* __restrict__") for c in col_sums) + tuple(
             Param("col_out", c.out, f"{c.c_type}* __restrict__") for c in col_sums) + (
