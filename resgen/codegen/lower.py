@@ -54,10 +54,6 @@ MAX_REGISTER_COL_FLOATS = 16
 #: 2048 threads per SM on PERSISTENT_SMS SMs (an H100's or H200's 132), at most 8 per SM: enough
 #: to fill those GPUs whatever the registers allow, few enough that the partials stay small.
 PERSISTENT_SMS = 132
-
-
-def persistent_ctas(config: LaunchConfig) -> int:
-    return PERSISTENT_SMS * max(1, min(8, 2048 // config.threads)) // config.cluster
 #: The heuristic's largest CTA: 1024 threads would cap every thread at 64 registers.
 MAX_HEURISTIC_THREADS = 512
 
@@ -93,6 +89,11 @@ def _pow2_ceil(n: int) -> int:
 def row_dtypes(block: Block) -> list[DType]:
     """Dtypes of everything read or written per row element (row inputs and row outputs)."""
     return [p.dtype for p in block.params_of("input")] + [o.dtype for o in block.outputs if o.node.kind is Kind.ROW]
+
+
+def persistent_ctas(config: LaunchConfig) -> int:
+    """Clusters (CTAs, without clusters) a kernel with column reductions runs (PERSISTENT_SMS)."""
+    return PERSISTENT_SMS * max(1, min(8, 2048 // config.threads)) // config.cluster
 
 
 def chunks_per_thread(hidden: int, config: LaunchConfig) -> int:
@@ -139,7 +140,7 @@ class SmemLayout:
     pitch: int  # elements of one row this CTA caches
     cache_offsets: dict[str, int]  # row inputs kept between phases
     value_offsets: dict[Node, int]  # computed values kept between phases (float32)
-    col_sums: int  # byte offset of the column accumulators (when they live in shared memory)
+    col_sums: tuple[int, ...]  # byte offset of each column accumulator; empty: they live in registers
     scratch: int
     partials: int
     total: int
@@ -160,17 +161,19 @@ def smem_layout(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> 
         for v in cache.values:
             values[v] = total
             total += up16(pitch * 4 * config.rows_per_cta)
-    col_sums = total
+    col_sums = []
     if col_sums_in_smem(block, hidden, config, arch):
-        total += up16(4 * pitch * config.rows_per_cta) * col_sum_count(block)
+        for _ in range(col_sum_count(block)):
+            col_sums.append(total)
+            total += up16(4 * pitch * config.rows_per_cta)
     reductions = sum(n.op in REDUCE_OPS for n in block.body)
     scratch = total
-    # four floats per slot: a row variance's rg_welford; the other reductions use the first
-    total += up16(4 * 4 * reductions * config.rows_per_cta * max(1, config.threads_per_row // 32))
+    slot = 4 * KernelPlan.SLOT_FLOATS  # bytes of one reduction's slot per warp (and per CTA in a cluster)
+    total += up16(slot * reductions * config.rows_per_cta * max(1, config.threads_per_row // 32))
     partials = total
     if config.cluster > 1:
-        total += up16(4 * 4 * reductions)
-    return SmemLayout(pitch, offsets, values, col_sums, scratch, partials, total)
+        total += up16(slot * reductions)
+    return SmemLayout(pitch, offsets, values, tuple(col_sums), scratch, partials, total)
 
 
 def check_config(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> None:
@@ -391,10 +394,8 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     reductions = [n for n in low.body if n.op in REDUCE_OPS]
     row_outputs = [o for o in low.outputs if o.node.kind is Kind.ROW]
 
-    in_smem = col_sums_in_smem(low, hidden, config, target)
-    acc_bytes = -(-4 * smem.pitch * config.rows_per_cta // 16) * 16
     col_sums = tuple(ColSum(i, namer.ref(o.node.args[0]), o.name, o.dtype.c_type,
-                            smem.col_sums + i * acc_bytes if in_smem else -1)
+                            smem.col_sums[i] if smem.col_sums else -1)
                      for i, o in enumerate(o for o in low.outputs if o.node.kind is Kind.COL))
     phases = []
     first_read = {name: min(i for i, w in enumerate(cache.phases) if name in w.inputs) for name in cache.inputs}
@@ -470,7 +471,6 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         entries=_entries(low, kernel_name(low, hidden, config), config.vec),
         col_sums=col_sums,
         held=tuple(held.values()),
-        col_sums_in_smem=in_smem and bool(col_sums),
         persistent_ctas=persistent_ctas(config) if col_sums else 0,
         finalize=Entry(f"{kernel_name(low, hidden, config)}_colsum", False, 1) if col_sums else None,
         finalize_params=tuple(Param("workspace", c.ws, "const float* __restrict__") for c in col_sums) + tuple(

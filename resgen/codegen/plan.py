@@ -324,7 +324,6 @@ class KernelPlan:
     entries: tuple[Entry, ...]
     col_sums: tuple[ColSum, ...] = ()
     held: tuple[Held, ...] = ()  # computed values kept between phases
-    col_sums_in_smem: bool = False  # the accumulators live in shared memory (ColSum.smem_offset)
     persistent_ctas: int = 0  # > 0: CTAs (clusters) loop over row groups, at most this many of them
     finalize: Entry | None = None  # the kernel that sums the column reductions' partials
     finalize_params: tuple[Param, ...] = ()
@@ -344,6 +343,14 @@ class KernelPlan:
         return self.grid(rows) // self.config.cluster * self.config.rows_per_cta
 
     FINALIZE_THREADS = 256
+    #: Floats of one reduction's slot in shared memory, per warp and per cluster CTA: a row
+    #: variance's rg_welford (count, shift, offset, m2); the other reductions use the first.
+    SLOT_FLOATS = 4
+
+    @property
+    def col_sums_in_smem(self) -> bool:
+        """The column accumulators live in shared memory (each ColSum's smem_offset), not registers."""
+        return any(c.smem_offset >= 0 for c in self.col_sums)
 
     def finalize_grid(self) -> int:
         return math.ceil(self.hidden / self.FINALIZE_THREADS)
