@@ -119,11 +119,10 @@ class Kernel:
                 if filled is not None:
                     entry, outputs = filled
                     self._observe(tensors)
-                    self._backend.run(entry.name, template.params, template.grid, template.threads,
+                    self._backend.run(entry.name, template.arguments.params, template.grid, template.threads,
                                       template.smem_bytes, template.device)
-                    if template.finalize_params is not None:  # column reductions: sum the partials
-                        self._backend.run(self.plan.finalize.name, template.finalize_params,
-                                          self.plan.finalize_grid(), self.plan.FINALIZE_THREADS, 0, template.device)
+                    if template.finalize is not None:
+                        self._finalize(template.finalize.params, template.device)
                     return Outputs(outputs)
         launch = self.prepare(**kwargs)
         device = next(iter(launch.outputs.values())).device
@@ -132,16 +131,20 @@ class Kernel:
             self._observe({**{k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}, **launch.outputs,
                            **launch.scratch})
             self._backend.run(launch.entry.name, params, launch.grid, launch.threads, launch.smem_bytes, device)
-        if launch.finalize is not None:  # column reductions: sum the partials (zeros when there are no rows)
+        if launch.finalize is not None:  # zeros when there are no rows
             params, _values = launch.finalize_params()
             self._observe({**launch.outputs, **launch.scratch})
-            self._backend.run(self.plan.finalize.name, params, self.plan.finalize_grid(), self.plan.FINALIZE_THREADS,
-                              0, device)
+            self._finalize(params, device)
         if launch.grid:
             if len(self._templates) < self.MAX_TEMPLATES:
                 tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
                 self._templates[key] = LaunchTemplate.of(self.block, self.plan, launch, tensors)
         return Outputs(launch.outputs)
+
+    def _finalize(self, params: ctypes.Array, device: torch.device) -> None:
+        """The column reductions' second kernel: sum each column's partials in order."""
+        self._backend.run(self.plan.finalize.name, params, self.plan.finalize_grid(), self.plan.FINALIZE_THREADS,
+                          0, device)
 
     def _observe(self, tensors: dict[str, torch.Tensor]) -> None:
         """A sanitizing backend learns the memory of this call's tensors before the launch."""

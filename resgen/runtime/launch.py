@@ -179,13 +179,44 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
 
 
 @dataclass
+class ArgumentSlots:
+    """One kernel's reused argument storage on the warm path: where each ABI value comes from
+    (a tensor's pointer, a runtime scalar, seed or offset, or a constant of the layout) and the
+    ctypes values `params` points at (cuLaunchKernel copies them at launch)."""
+
+    sources: tuple[tuple[str, int | float | str], ...]  # per ABI param: (source, name or value)
+    values: list[ctypes._SimpleCData]
+    params: ctypes.Array
+
+    @classmethod
+    def of(cls, params: tuple[Param, ...], args: tuple[tuple[str, int | float], ...]) -> ArgumentSlots:
+        sources = []
+        for p, (_, value) in zip(params, args, strict=True):
+            if p.role in POINTER_ROLES:
+                sources.append(("ptr", p.name))
+            elif p.role == "scalar":
+                sources.append(("scalar", p.name))
+            elif p.role in ("seed", "offset"):
+                sources.append(("call", p.role))
+            else:
+                sources.append(("const", value))
+        values = [_CTYPES[kind](0) for kind, _ in args]
+        return cls(tuple(sources), values, param_array(values))
+
+    def fill(self, ptr: dict[str, int], scalars: dict[str, float], call: dict[str, int]) -> None:
+        for value, (source, key) in zip(self.values, self.sources, strict=True):
+            value.value = ptr[key] if source == "ptr" else scalars[key] if source == "scalar" else (
+                call[key] if source == "call" else key)
+
+
+@dataclass
 class LaunchTemplate:
     """A launch with the pointers left out. A later call with the same shapes, strides, dtypes and
     devices reuses it: it only reads pointers, allocates outputs, checks alignment and overlap."""
 
     plan: KernelPlan
     strides_aligned: bool
-    sources: tuple[tuple[str, str, int | float | str], ...]  # per ABI param: (source, name or value)
+    arguments: ArgumentSlots
     allocate: tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
     aliases: tuple[tuple[str, str], ...]  # in-place output -> its input
     outputs: tuple[str, ...]
@@ -196,37 +227,17 @@ class LaunchTemplate:
     threads: int
     smem_bytes: int
     device: torch.device
-    values: list[ctypes._SimpleCData]  # reused argument storage: cuLaunchKernel copies it at launch
-    params: ctypes.Array
     workspaces: tuple[tuple[str, tuple[int, ...]], ...] = ()  # column reductions' float32 partials, per call
-    finalize_sources: tuple[tuple[str, int | float | str], ...] = ()  # the finalize kernel's, like `sources`
-    finalize_values: list[ctypes._SimpleCData] = field(default_factory=list)
-    finalize_params: ctypes.Array | None = None
+    finalize: ArgumentSlots | None = None  # the column reductions' second kernel
 
     @classmethod
     def of(cls, block: Block, plan: KernelPlan, launch: Launch, tensors: dict[str, torch.Tensor]) -> LaunchTemplate:
-        def sources_of(params: tuple[Param, ...], args: tuple[tuple[str, int | float], ...]) -> tuple:
-            sources = []
-            for p, (_, value) in zip(params, args, strict=True):
-                if p.role in POINTER_ROLES:
-                    sources.append(("ptr", p.name))
-                elif p.role == "scalar":
-                    sources.append(("scalar", p.name))
-                elif p.role in ("seed", "offset"):
-                    sources.append(("call", p.role))
-                else:
-                    sources.append(("const", value))
-            return tuple(sources)
-
-        finalize = launch.finalize or ()
-        finalize_values = [_CTYPES[kind](0) for kind, _ in finalize]
         inplace = {o.name: o.inplace for o in block.outputs if o.inplace}
         everything = {**tensors, **launch.outputs}
-        values = [_CTYPES[kind](0) for kind, _ in launch.args]
         return cls(
             plan=plan,
             strides_aligned=launch.strides_aligned,
-            sources=sources_of(plan.params, launch.args),
+            arguments=ArgumentSlots.of(plan.params, launch.args),
             allocate=tuple((o.name, tuple(launch.outputs[o.name].shape), o.dtype.torch_dtype)
                            for o in block.outputs if o.name not in tensors and not o.inplace),
             aliases=tuple(inplace.items()),
@@ -239,17 +250,13 @@ class LaunchTemplate:
             threads=launch.threads,
             smem_bytes=launch.smem_bytes,
             device=next(iter(tensors.values())).device,
-            values=values,
-            params=param_array(values),
             workspaces=tuple((n, tuple(t.shape)) for n, t in launch.scratch.items()),
-            finalize_sources=sources_of(plan.finalize_params, finalize) if finalize else (),
-            finalize_values=finalize_values,
-            finalize_params=param_array(finalize_values) if finalize else None,
+            finalize=ArgumentSlots.of(plan.finalize_params, launch.finalize) if launch.finalize else None,
         )
 
     def fill(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float], seed: int,
              offset: int) -> tuple[Entry, dict[str, torch.Tensor]] | None:
-        """Write this call's arguments into `values`; None when the slow path must decide (overlap)."""
+        """Write this call's arguments into the argument slots; None when the slow path must decide (overlap)."""
         for name, shape, dtype in self.allocate:
             tensors[name] = torch.empty(shape, dtype=dtype, device=self.device)
         for name, shape in self.workspaces:  # torch's caching allocator: no cudaMalloc once warm
@@ -266,9 +273,8 @@ class LaunchTemplate:
         wide = self.plan.entries[0]
         aligned = self.strides_aligned and all(ptr[n] % wide.align == 0 for n in self.checked)
         call = {"seed": seed, "offset": offset}
-        for values, sources in ((self.values, self.sources), (self.finalize_values, self.finalize_sources)):
-            for value, (source, key) in zip(values, sources, strict=True):
-                value.value = ptr[key] if source == "ptr" else scalars[key] if source == "scalar" else (
-                    call[key] if source == "call" else key)
+        for slots in (self.arguments, self.finalize):
+            if slots is not None:
+                slots.fill(ptr, scalars, call)
         entry = wide if aligned else self.plan.entries[-1]
         return entry, {n: tensors[n] for n in self.outputs}

@@ -122,7 +122,7 @@ def _grad_systems(case: Case, hidden: int, against: list[str], backend: str, mod
     import resgen as rg
     from resgen.passes.autodiff import distinct_outputs, grad
 
-    forward, configs, _ = _systems(case, hidden, [s for s in against if s != "compile"], backend, progress)
+    forward, _, kernels = _systems(case, hidden, [s for s in against if s != "compile"], backend, progress)
     forward.pop("resgen-heuristic", None)
     params = [p.name for p in case.block.params]
     diff = [p.name for p in case.block.params if p.op in ("input", "weight")]
@@ -131,9 +131,7 @@ def _grad_systems(case: Case, hidden: int, against: list[str], backend: str, mod
     factories: dict[str, Callable[[], Callable]] = {}
     for system, factory in forward.items():
         if system == "resgen":
-            kernel = rg.compile(case.block, hidden, backend=backend)
-
-            def call(a: dict, k=kernel) -> tuple:  # an input the kernel overwrites is handed a copy, as torch requires
+            def call(a: dict, k=kernels["resgen"]) -> tuple:  # an input the kernel overwrites is handed a copy, as torch requires
                 out = k(**{n: v.clone() if n in inplace else v for n, v in a.items()})
                 return tuple(out[o.name] for o in case.block.outputs)
             factories[system] = lambda call=call: _autograd_step(call, diff, mode)
