@@ -20,11 +20,6 @@ from tests.strategies import random_blocks
 lower_module = importlib.import_module("resgen.codegen.lower")
 
 
-def autograd_case(block: rg.Block, rows: int, hidden: int, seed: int = 0):
-    """(the backward block's arguments, torch autograd's gradients through the reference)."""
-    return gradient_case(block, rows, hidden, seed=seed)
-
-
 @pytest.mark.parametrize("hidden", [1, 1000, 4097])
 @pytest.mark.parametrize("dt", DTYPES, ids=str)
 @pytest.mark.parametrize("name", CATALOG)
@@ -32,7 +27,7 @@ def test_the_backward_block_gives_torch_autograds_gradients(name, dt, hidden):
     block = rg.catalog[name](dt)
     gb = rg.grad(block)
     for rows in (1, 37):
-        call, want = autograd_case(block, rows, hidden, seed=rows)
+        call, want = gradient_case(block, rows, hidden, seed=rows)
         got = rg.reference(gb, **{p.name: call[p.name] for p in gb.params}, seed=rows)
         assert set(got) == set(want)
         for key, value in want.items():
@@ -42,7 +37,7 @@ def test_the_backward_block_gives_torch_autograds_gradients(name, dt, hidden):
 
 def test_weight_gradients_over_many_rows_stay_within_float32_accumulation():
     block = rg.catalog.gpt2(rg.f32)
-    call, want = autograd_case(block, 1024, 256, seed=3)
+    call, want = gradient_case(block, 1024, 256, seed=3)
     gb = rg.grad(block)
     got = rg.reference(gb, **{p.name: call[p.name] for p in gb.params})
     for key in ("d_weight", "d_bias"):
@@ -85,7 +80,7 @@ def check_gradient_kernel(block: rg.Block, hidden: int, config=None, rows_list=(
     gb = rg.grad(block)
     kernel = rg.compile(gb, hidden, backend="emu", config=config)
     for rows in rows_list:
-        call, want = autograd_case(block, rows, hidden, seed=rows)
+        call, want = gradient_case(block, rows, hidden, seed=rows)
         got = kernel(**{p.name: call[p.name] for p in gb.params}, seed=rows)
         for key, value in want.items():
             check = compare(key, rg.ir.dtypes.as_dtype(value.dtype, what=key), got[key], value, GRAD_TOLERANCES)
@@ -198,7 +193,7 @@ def test_the_backward_block_prints_and_parses_like_any_block(capsys):
 def test_kernel_calls_are_autograd_ops_matching_the_reference(name, dt):
     block = rg.catalog[name](dt)
     kernel = rg.compile(block, 1000, backend="emu")
-    case, want = autograd_case(block, 9, 1000, seed=4)
+    case, want = gradient_case(block, 9, 1000, seed=4)
     args = {p.name: case[p.name] for p in block.params}
     cotangents = {k: v for k, v in case.items() if k.startswith("d_")}
     diff = [p.name for p in block.params if p.op in ("input", "weight")]
