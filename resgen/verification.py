@@ -97,23 +97,34 @@ def random_inputs(block: Block, lead: tuple[int, ...], hidden: int, *, seed: int
     return args
 
 
+#: Elements `compare` widens to float64 at a time: small enough to stay in cache, so a 16M-element
+#: output costs no 128 MB temporaries.
+COMPARE_CHUNK = 1 << 18
+
+
 def compare(name: str, dtype: DType, out: torch.Tensor, ref: torch.Tensor,
             tolerances: dict[DType, tuple[float, float]] = TOLERANCES) -> OutputCheck:
     """Errors of `out` against `ref`; NaN anywhere `ref` is finite (a poisoned, unwritten element) fails."""
-    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
     rel_tol, abs_tol = tolerances[dtype]
-    diff = (out64 - ref64).abs()
-    same_nonfinite = ~torch.isfinite(ref64) & (out64 == ref64) | (ref64.isnan() & out64.isnan())
-    diff = torch.where(same_nonfinite, torch.zeros_like(diff), diff)
-    finite_ref = torch.where(torch.isfinite(ref64), ref64, torch.zeros_like(ref64))
-    bad = diff.isnan().any().item()
-    max_abs = math.inf if bad else (diff.max().item() if diff.numel() else 0.0)
+    out_flat, ref_flat = out.detach().cpu().reshape(-1), ref.detach().cpu().reshape(-1)
+    max_abs = err_sq = ref_sq = ref_max = 0.0
+    for lo in range(0, out_flat.numel(), COMPARE_CHUNK):
+        got, want = out_flat[lo:lo + COMPARE_CHUNK].double(), ref_flat[lo:lo + COMPARE_CHUNK].double()
+        diff = (got - want).abs()
+        finite = torch.isfinite(want)
+        if not bool(finite.all()):  # equal infinities and NaN for NaN are no error; the rest are
+            diff = diff.masked_fill(~finite & (got == want) | (want.isnan() & got.isnan()), 0.0)
+            want = want.masked_fill(~finite, 0.0)
+        if bool(diff.isnan().any()):
+            return OutputCheck(name, dtype, math.inf, math.inf, abs_tol, rel_tol)
+        max_abs = max(max_abs, diff.max().item())
+        err_sq += diff.square().sum().item()
+        ref_sq += want.square().sum().item()
+        ref_max = max(ref_max, want.abs().max().item())
     # Relative to ||ref||, but never to less than abs_tol per element: an output that is all but zero
     # (a gradient that cancels out) is judged by its absolute error.
-    norm = max(finite_ref.norm().item(), abs_tol * math.sqrt(max(1, finite_ref.numel())))
-    rel = math.inf if bad else diff.norm().item() / norm
-    scale = max(1.0, finite_ref.abs().max().item() if finite_ref.numel() else 1.0)
-    return OutputCheck(name, dtype, max_abs, rel, abs_tol * scale, rel_tol)
+    norm = max(math.sqrt(ref_sq), abs_tol * math.sqrt(max(1, ref_flat.numel())))
+    return OutputCheck(name, dtype, max_abs, math.sqrt(err_sq) / norm, abs_tol * max(1.0, ref_max), rel_tol)
 
 
 #: Elements of poison kept before, after and (for row outputs) between the rows of every output.

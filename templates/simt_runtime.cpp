@@ -292,15 +292,11 @@ bool run_group(Group& state, std::mt19937& rng) {
     }
 }
 
-// Run `body` as `grid` CTAs of `threads` threads in clusters of `cluster` CTAs (grid a multiple of
-// it). Returns 0, or 1 with a message in `err`.
-int launch(long long grid, unsigned threads, unsigned long long smem_bytes, unsigned cluster,
-                  const std::function<void()>& body, char* err, unsigned long long errlen) {
+// Run groups first, first + step, ... below `grid` (group g is CTAs [g * cluster, (g + 1) * cluster))
+// on the calling OS thread. Returns -1, or the first CTA of a group that deadlocked.
+long long run_groups(long long first, long long step, long long grid, unsigned threads,
+                     unsigned long long smem_bytes, unsigned cluster, const std::function<void()>& body) {
     constexpr size_t kStack = 256 * 1024;
-    if (cluster == 0 || grid % cluster != 0) {
-        std::snprintf(err, errlen, "grid %lld is not a multiple of the cluster size %u", grid, cluster);
-        return 1;
-    }
     Group state;
     state.body = &body;
     state.grid_dim = dim3((unsigned)grid, 1, 1);
@@ -319,9 +315,11 @@ int launch(long long grid, unsigned threads, unsigned long long smem_bytes, unsi
     std::mt19937 rng(schedule_seed);
     Group* previous = group;
     group = &state;
-    for (long long first = 0; first < grid; first += cluster) {
+    long long failed = -1;
+    for (long long g = first; g * cluster < grid; g += step) {
+        const long long cta0 = g * cluster;
         for (unsigned c = 0; c < cluster; ++c) {
-            state.ctas[c].block_idx = uint3{(unsigned)(first + c), 0, 0};
+            state.ctas[c].block_idx = uint3{(unsigned)(cta0 + c), 0, 0};
             std::memset(state.ctas[c].dynamic_smem.data(), 0xFF, smem_bytes);  // poison: NaN until written
         }
         if (sanitizer.enabled) {
@@ -332,7 +330,7 @@ int launch(long long grid, unsigned threads, unsigned long long smem_bytes, unsi
             sanitizer.cta_epoch.assign(cluster, 0);
             sanitizer.exited.assign(cluster, false);
             sanitizer.cluster_epoch = 0;
-            sanitizer.first_cta = first;
+            sanitizer.first_cta = cta0;
         }
         for (unsigned t = 0; t < n; ++t) {
             Thread& th = state.threads[t];
@@ -343,15 +341,56 @@ int launch(long long grid, unsigned threads, unsigned long long smem_bytes, unsi
             start_fiber(th.context, state.stacks[t].get(), kStack, state.scheduler);
         }
         if (!run_group(state, rng)) {
-            std::snprintf(err, errlen,
-                          "deadlock in CTA %lld: threads wait at different barriers (__syncthreads, a warp "
-                          "shuffle, a cluster barrier), which CUDA leaves undefined",
-                          first);
-            group = previous;
-            return 1;
+            failed = cta0;
+            break;
         }
     }
     group = previous;
+    return failed;
+}
+
+// OS threads a launch may use: $RESGEN_EMU_THREADS, else every hardware thread.
+unsigned worker_threads() {
+    if (const char* env = std::getenv("RESGEN_EMU_THREADS")) {
+        const long n = std::strtol(env, nullptr, 10);
+        if (n > 0) return (unsigned)std::min(n, 256L);
+    }
+    return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Run `body` as `grid` CTAs of `threads` threads in clusters of `cluster` CTAs (grid a multiple of
+// it). Groups are independent (a CTA shares nothing with one outside its cluster), so the in-order
+// schedule spreads them over worker_threads() OS threads, group g on thread g % workers: each
+// group's result is the same as on one thread. Sanitized launches and the reversed and random
+// schedules run on the calling thread, in group order. Returns 0, or 1 with a message in `err`.
+int launch(long long grid, unsigned threads, unsigned long long smem_bytes, unsigned cluster,
+           const std::function<void()>& body, char* err, unsigned long long errlen) {
+    if (cluster == 0 || grid % cluster != 0) {
+        std::snprintf(err, errlen, "grid %lld is not a multiple of the cluster size %u", grid, cluster);
+        return 1;
+    }
+    const long long groups = grid / cluster;
+    const bool serial = sanitizer.enabled || schedule_mode != 0;
+    const long long workers = serial ? 1 : std::min<long long>(worker_threads(), groups);
+    long long failed = -1;
+    if (workers <= 1) {
+        failed = run_groups(0, 1, grid, threads, smem_bytes, cluster, body);
+    } else {
+        std::vector<long long> results(workers, -1);
+        std::vector<std::thread> pool;
+        for (long long w = 0; w < workers; ++w)
+            pool.emplace_back([&, w] { results[w] = run_groups(w, workers, grid, threads, smem_bytes, cluster, body); });
+        for (std::thread& t : pool) t.join();
+        for (long long r : results)
+            if (r >= 0 && (failed < 0 || r < failed)) failed = r;
+    }
+    if (failed >= 0) {
+        std::snprintf(err, errlen,
+                      "deadlock in CTA %lld: threads wait at different barriers (__syncthreads, a warp "
+                      "shuffle, a cluster barrier), which CUDA leaves undefined",
+                      failed);
+        return 1;
+    }
     return 0;
 }
 

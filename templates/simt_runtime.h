@@ -5,8 +5,9 @@
 // releases when every live thread of the CTA waits there; warp shuffles release when every live
 // lane of the warp has arrived; a cluster barrier when every thread of the cluster has. So a
 // missing barrier gives a wrong answer every time, never a lucky right one. CTAs (whole clusters,
-// for kernels that have them) run one after another. Anything the templates use that is not defined
-// here or in the CUDA headers is a compile error, not a silent difference.
+// for kernels that have them) run one after another on each of several OS threads (launch).
+// Anything the templates use that is not defined here or in the CUDA headers is a compile error,
+// not a silent difference.
 //
 // Schedules (rg_emu_set_schedule): 0 runs threads in order and releases barriers once no thread can
 // run; 1 does the same in reverse order; 2 lets a randomly chosen warp (seeded) run as far as it can,
@@ -35,6 +36,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 #include <ucontext.h>
 

@@ -160,3 +160,24 @@ def test_two_dropout_sites_draw_independent_masks():
     b.output("b", rg.dropout(x, 0.5))
     out = rg.reference(b, x=torch.rand(16, 256) + 1.0, seed=5)
     assert not torch.equal(out.a == 0, out.b == 0)
+
+
+def test_compare_fails_an_unwritten_element_anywhere_and_matches_a_direct_computation():
+    from resgen.verification import COMPARE_CHUNK, compare
+
+    gen = torch.Generator().manual_seed(3)
+    ref = torch.randn(3, COMPARE_CHUNK // 2 + 7, generator=gen, dtype=torch.float64)
+    out = (ref + 1e-3 * torch.randn(ref.shape, generator=gen, dtype=torch.float64)).to(torch.bfloat16)
+    check = compare("y", rg.bf16, out, ref)
+    diff = out.double() - ref
+    assert check.max_abs == diff.abs().max().item()
+    assert check.rel_norm == pytest.approx((diff.norm() / ref.norm()).item(), rel=1e-12)
+    assert check.ok
+    for where in (0, COMPARE_CHUNK, ref.numel() - 1):  # either side of a chunk boundary, and the last
+        poisoned = out.clone()
+        poisoned.view(-1)[where] = float("nan")
+        assert not compare("y", rg.bf16, poisoned, ref).ok
+    ref[1, 5], out[1, 5] = float("inf"), float("inf")  # the same infinity is no error; a NaN for it is
+    assert compare("y", rg.bf16, out, ref).ok
+    out[1, 5] = float("nan")
+    assert not compare("y", rg.bf16, out, ref).ok

@@ -57,3 +57,30 @@ def test_missing_cluster_barrier_gives_a_wrong_answer():
     reduce_sync = "*partial = v; }\n    rg_cluster_sync();\n"
     broken = kernel_with(lambda s: s.replace(reduce_sync, "*partial = v; }\n"), block, 2048, config)
     assert not torch.allclose(broken(**args).y, want.y, rtol=1e-2, atol=1e-2, equal_nan=False)
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_ctas_spread_over_os_threads_give_the_same_bits(monkeypatch, threads):
+    # Forward (one row per CTA, and a cluster) and backward (persistent CTAs summing columns):
+    # every output is bitwise what one OS thread computes.
+    cases = [(rg.catalog.llama(rg.bf16), "tpr=64,rows=1,vec=8,cache=registers"),
+             (rg.catalog.gpt2(rg.f32), "tpr=64,rows=1,vec=4,cache=smem,cluster=2"),
+             (rg.grad(rg.catalog.gpt2(rg.f32)), None)]
+    for block, config in cases:
+        kernel = rg.compile(block, 1000, backend="emu", config=config)
+        args = random_inputs(block, (37,), 1000, seed=5)
+        monkeypatch.setenv("RESGEN_EMU_THREADS", "1")
+        one = kernel(**args)
+        monkeypatch.setenv("RESGEN_EMU_THREADS", threads)
+        many = kernel(**args)
+        for name, value in one.items():
+            assert torch.equal(value.view(torch.uint8), many[name].view(torch.uint8)), (block.name, name)
+
+
+def test_deadlock_in_one_worker_thread_is_reported(monkeypatch):
+    monkeypatch.setenv("RESGEN_EMU_THREADS", "4")
+    block = rg.catalog.gemma2_sandwich(rg.f32)
+    divergent = kernel_with(lambda s: s.replace(BARRIER, "        if (lane % 2 && blockIdx.x == 5) __syncthreads();\n"),
+                            block, 2048, LaunchConfig(128, 1, 4, "registers"))
+    with pytest.raises(rg.LaunchError, match="deadlock in CTA 5"):
+        divergent(**random_inputs(block, (9,), 2048))

@@ -26,7 +26,7 @@ from resgen.runtime.nvrtc import source_context
 from resgen.runtime.toolkit import include_dirs
 
 #: Host flags: no FMA contraction and no fast-math, so float32 arithmetic rounds like the reference's.
-HOST_FLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-w")
+HOST_FLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-pthread", "-ffp-contract=off", "-fno-fast-math", "-w")
 #: Added for a sanitizing build (rg.verify(..., sanitize=True)): every RG_CHECK reports to the runtime.
 SANITIZE_FLAGS = ("-DRG_SANITIZE=1",)
 #: The emulator's schedules (templates/simt_runtime.h): in order, in reverse, random with eager release.
