@@ -136,6 +136,18 @@ __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC
     }
 }
 
+// Ask L2 for the line holding columns col0.. of a row (nothing past HIDDEN): no register waits on
+// it, so a persistent CTA's next row is on its way while this one reduces. The emulator has no L2.
+template <typename T, int HIDDEN>
+__device__ __forceinline__ void rg_prefetch_l2(const T* row, int col0) {
+#ifdef RG_EMU
+    (void)row;
+    (void)col0;
+#else
+    if (col0 < HIDDEN) asm volatile("prefetch.global.L2 [%0];" : : "l"(row + col0));
+#endif
+}
+
 // One element of a row-scalar input, as a float.
 template <typename T>
 __device__ __forceinline__ float rg_load_one(const T* at, int line = RG_CALLER_LINE) {
@@ -352,7 +364,7 @@ __device__ __forceinline__ void rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg_bod
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128, 1) rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg(
+extern "C" __global__ void __launch_bounds__(128, 3) rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg(
     const __nv_bfloat16* __restrict__ p_x,
     long long s_x,
     const __nv_bfloat16* __restrict__ p_residual,
@@ -368,7 +380,7 @@ extern "C" __global__ void __launch_bounds__(128, 1) rg_gemma2_sandwich_bf16_h40
     rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg_body<true>(p_x, s_x, p_residual, s_residual, p_post_weight, p_pre_weight, p_residual_out, s_residual_out, p_y, s_y, rows);
 }
 
-extern "C" __global__ void __launch_bounds__(128, 1) rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg_narrow(
+extern "C" __global__ void __launch_bounds__(128, 3) rg_gemma2_sandwich_bf16_h4096_t128_r1_v8_reg_narrow(
     const __nv_bfloat16* __restrict__ p_x,
     long long s_x,
     const __nv_bfloat16* __restrict__ p_residual,

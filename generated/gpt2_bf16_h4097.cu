@@ -128,6 +128,18 @@ __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC
     }
 }
 
+// Ask L2 for the line holding columns col0.. of a row (nothing past HIDDEN): no register waits on
+// it, so a persistent CTA's next row is on its way while this one reduces. The emulator has no L2.
+template <typename T, int HIDDEN>
+__device__ __forceinline__ void rg_prefetch_l2(const T* row, int col0) {
+#ifdef RG_EMU
+    (void)row;
+    (void)col0;
+#else
+    if (col0 < HIDDEN) asm volatile("prefetch.global.L2 [%0];" : : "l"(row + col0));
+#endif
+}
+
 // One element of a row-scalar input, as a float.
 template <typename T>
 __device__ __forceinline__ float rg_load_one(const T* at, int line = RG_CALLER_LINE) {

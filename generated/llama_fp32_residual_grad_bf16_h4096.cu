@@ -139,6 +139,18 @@ __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC
     }
 }
 
+// Ask L2 for the line holding columns col0.. of a row (nothing past HIDDEN): no register waits on
+// it, so a persistent CTA's next row is on its way while this one reduces. The emulator has no L2.
+template <typename T, int HIDDEN>
+__device__ __forceinline__ void rg_prefetch_l2(const T* row, int col0) {
+#ifdef RG_EMU
+    (void)row;
+    (void)col0;
+#else
+    if (col0 < HIDDEN) asm volatile("prefetch.global.L2 [%0];" : : "l"(row + col0));
+#endif
+}
+
 // One element of a row-scalar input, as a float.
 template <typename T>
 __device__ __forceinline__ float rg_load_one(const T* at, int line = RG_CALLER_LINE) {
@@ -282,10 +294,23 @@ __device__ __forceinline__ void rg_llama_fp32_residual_grad_bf16_h4096_t128_r1_v
         const float zero[VEC] = {};
         rg_store<float, VEC, ITERS * TPR * VEC, true>(k0, (it * TPR + lane) * VEC, zero);
     }
-    // Persistent: each CTA loops over row groups, so the column sums need one partial per CTA slot.
-    for (long long group = blockIdx.x / CLUSTER; group < (rows + ROWS_PER_CTA - 1) / ROWS_PER_CTA;
-         group += gridDim.x / CLUSTER) {
+    // Persistent: each CTA (cluster) loops over row groups, so the column sums need one partial per CTA slot.
+    const long long groups = (rows + ROWS_PER_CTA - 1) / ROWS_PER_CTA;
+    for (long long group = blockIdx.x / CLUSTER; group < groups; group += gridDim.x / CLUSTER) {
     const long long row = group * ROWS_PER_CTA + slot;
+    {  // ask L2 for this thread's part of the next row group now: it arrives while this one reduces
+        const long long next = row + (long long)(gridDim.x / CLUSTER) * ROWS_PER_CTA;
+        if (next < rows) {
+#pragma unroll
+            for (int it = 0; it < ITERS; ++it) {
+                const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;
+                rg_prefetch_l2<__nv_bfloat16, HIDDEN>(p_x + next * s_x, col0);
+                rg_prefetch_l2<float, HIDDEN>(p_residual + next * s_residual, col0);
+                rg_prefetch_l2<float, HIDDEN>(p_d_residual_out + next * s_d_residual_out, col0);
+                rg_prefetch_l2<__nv_bfloat16, HIDDEN>(p_d_y + next * s_d_y, col0);
+            }
+        }
+    }
     const bool in_row = row < rows;  // threads past the last row still join reductions, never store
     const long long src_row = in_row ? row : 0;  // they read row 0 instead, so every load stays in bounds
     const __nv_bfloat16* r_x = p_x + src_row * s_x;

@@ -27,6 +27,33 @@ def test_catalog_verifies_on_emu(name, dt, hidden, family):
         assert report.ok, report.table()
 
 
+#: Persistent configs, each with its dtype: weights in registers (warp-per-row), weights in shared
+#: memory (4 CTAs of 256 threads leave no registers for them), and a cluster. `{vec}` is the widest vector
+#: hidden allows.
+PERSISTENT = [("tpr=32,rows=4,vec={vec},cache=registers,persist=1", rg.bf16, "registers"),
+              ("tpr=256,rows=1,vec={vec},cache=global,persist=4", rg.f32, "smem"),
+              ("tpr=64,rows=1,vec={vec},cache=smem,cluster=2,persist=1", rg.f16, None)]
+
+
+@pytest.mark.parametrize("hidden", [1000, 4097])
+@pytest.mark.parametrize("config,dt,home", PERSISTENT, ids=["registers", "smem-weights", "cluster"])
+@pytest.mark.parametrize("name", CATALOG)
+def test_persistent_kernels_loop_over_more_rows_than_ctas(name, config, dt, home, hidden):
+    block = rg.catalog[name](dt)
+    config = LaunchConfig.parse(config.format(vec=next(v for v in (8, 4, 2, 1) if hidden % v == 0 and v * dt.itemsize <= 16)))
+    try:
+        plan = lower(block, hidden, config)
+    except rg.PlanError as exc:  # warp-per-row at 4097 (vec 1) needs more registers than it may have
+        pytest.skip(str(exc))
+    weights = block.params_of("weight")
+    if home == "smem" and weights or home == "registers" and len(weights) == 1:  # (three weights need smem)
+        assert {w.hoisted for w in plan.hoisted} == {home}
+    rows = plan.persistent_ctas * config.rows_per_cta + 3  # every CTA runs a second row group, a few a third
+    assert plan.grid(rows) // config.cluster == plan.persistent_ctas
+    report = rg.verify(block, hidden, rows, backend="emu", seed=hidden, config=config)
+    assert report.ok, report.table()
+
+
 def test_every_family_is_exercised_somewhere():
     llama = rg.catalog.llama(rg.bf16)
     assert all(family_config(llama, 1000, f) is not None for f in FAMILIES)

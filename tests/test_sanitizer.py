@@ -31,6 +31,7 @@ def replace(old: str, new: str) -> Callable[[str], str]:
 SHARED_SCRATCH = replace("scratch + (1 * ROWS_PER_CTA", "scratch + (0 * ROWS_PER_CTA")
 NO_FINAL_CLUSTER_SYNC = replace("    rg_cluster_sync();  // no CTA leaves while another may still read its partials\n", "")
 EXIT_PAST_LAST_ROW = replace("    const long long src_row", "    if (!in_row) return;\n    const long long src_row")
+NO_TRAILING_BARRIER = replace("    __syncthreads();  // the next row group reuses the reduction scratch\n", "")
 UNPREDICATED_TAIL_LOAD = replace(
     "            if (col0 + j < HIDDEN) RG_CHECK(row + col0 + j, sizeof(T), false, line);\n"
     "            out[j] = col0 + j < HIDDEN ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;",
@@ -45,6 +46,9 @@ HAZARDS = [
     ("shuffle mask names an exited lane", rg.catalog.llama(rg.f32), 64, "tpr=8,rows=16,vec=4", 5, EXIT_PAST_LAST_ROW),
     ("barrier reached by part of a CTA", rg.catalog.llama(rg.f32), 256, "tpr=64,rows=2,vec=4", 3, EXIT_PAST_LAST_ROW),
     ("out-of-bounds global access", rg.catalog.llama(rg.f32), 1000, "tpr=32,rows=4,vec=4", 5, UNPREDICATED_TAIL_LOAD),
+    # a persistent CTA's next row group reduces into the scratch its warps may still be reading
+    ("race (write after read)", rg.catalog.llama(rg.f32), 512, "tpr=128,rows=1,vec=4,persist=1", 134,
+     NO_TRAILING_BARRIER),
 ]
 
 
@@ -111,6 +115,16 @@ def test_the_catalog_is_clean_under_the_sanitizer(name, dt, family):
         assert report.ok, report.table()
     if not ran:
         pytest.skip(f"{family} fits none of {SIZES}")
+
+
+@pytest.mark.parametrize("config, rows", [("tpr=64,rows=1,vec=4,cache=smem,persist=1", 140),
+                                          ("tpr=32,rows=1,vec=4,cache=registers,cluster=2,persist=1", 70),
+                                          ("tpr=256,rows=1,vec=1,cache=global,persist=4", 3)],
+                         ids=["loop", "cluster-loop", "smem-weights"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert", "gemma2_sandwich"])
+def test_persistent_kernels_are_clean_under_the_sanitizer(name, config, rows):
+    report = rg.verify(rg.catalog[name](rg.f32), 256, rows, backend="emu", config=config, sanitize=True, seed=rows)
+    assert report.ok, report.table()
 
 
 def test_sanitize_needs_the_emu_backend():

@@ -27,6 +27,11 @@ from resgen.runtime.nvrtc import Resources
 IN_FLIGHT_TARGET = 32 * 1024
 #: Each reduction costs a barrier round trip per row while no loads are issued; what it takes off.
 PHASE_PENALTY = 0.05
+#: What a byte read again from L2 costs, in bytes of DRAM time: a kernel that loads its weights for
+#: every row group (they hit L2, but share its bandwidth and the SM's load slots with the rows) pays
+#: a tenth of their bytes again per row group. A guess until GPU runs measure it (bench --sweep
+#: with persist=0 against the persistent default).
+L2_REREAD_COST = 0.1
 
 
 def occupancy(config: LaunchConfig, registers: int, smem_bytes: int, arch: str) -> float:
@@ -55,7 +60,7 @@ def traffic(plan: KernelPlan, rows: int) -> tuple[int, int]:
     h = plan.hidden
     inputs = sum(t.itemsize for t in plan.row_inputs) * rows * h
     outputs = sum(t.itemsize for t in plan.row_outputs) * rows * h
-    weights = sum(_itemsize(p.dtype) for p in plan.params if p.role == "col_in") * h
+    weights = weight_bytes(plan)
     scalars = sum(_itemsize(p.dtype) for p in plan.params if p.role == "rowscalar_out") * rows
     seen: set[str] = set()
     reread = 0
@@ -63,6 +68,11 @@ def traffic(plan: KernelPlan, rows: int) -> tuple[int, int]:
         reread += sum(t.itemsize for t in phase.loads if t.name in seen) * rows * h
         seen |= {t.name for t in phase.loads}
     return inputs + outputs + weights + scalars, reread
+
+
+def weight_bytes(plan: KernelPlan) -> int:
+    """Bytes of every weight (column input), read once."""
+    return sum(_itemsize(p.dtype) for p in plan.params if p.role == "col_in") * plan.hidden
 
 
 def _itemsize(dtype: str) -> int:
@@ -104,17 +114,27 @@ def cost(plan: KernelPlan, resources: Resources, rows: int) -> CostReport:
     resident_rows = min(rows, slots // plan.config.cluster * plan.config.rows_per_cta)
     reread_set = sum(t.itemsize for t in plan.row_inputs) * plan.hidden * resident_rows
     hbm = ideal + (reread if reread and reread_set > target.l2_bytes else 0)
-    in_flight = per_sm * plan.threads * loads_in_flight(plan)
     grid = plan.grid(rows)
-    waves = max(1, math.ceil(grid / slots))
-    wave_efficiency = grid / (waves * slots) if grid else 0.0
-    # A grid smaller than the GPU leaves SMs idle; many full waves keep them busy.
-    busy = min(1.0, wave_efficiency if waves == 1 else 1 - (1 - wave_efficiency) / waves)
+    groups = math.ceil(rows / plan.config.rows_per_cta)
+    if plan.persistent and grid <= slots:  # every CTA resident at once, each looping over its row groups
+        resident = min(per_sm, math.ceil(grid / target.sms))
+        waves, rounds = 1, math.ceil(groups / (grid // plan.config.cluster)) if grid else 0
+        busy = (groups / (rounds * grid // plan.config.cluster) if grid else 0.0) * min(1.0, grid / (resident * target.sms))
+    else:
+        resident = per_sm
+        waves = max(1, math.ceil(grid / slots))
+        wave_efficiency = grid / (waves * slots) if grid else 0.0
+        # A grid smaller than the GPU leaves SMs idle; many full waves keep them busy.
+        busy = min(1.0, wave_efficiency if waves == 1 else 1 - (1 - wave_efficiency) / waves)
+    in_flight = resident * plan.threads * loads_in_flight(plan)
     phases = sum(1 for p in plan.phases if p.reductions)
     fraction = (ideal / hbm if hbm else 0.0) * min(1.0, in_flight / IN_FLIGHT_TARGET) * busy
     fraction /= 1 + PHASE_PENALTY * phases
+    weight_loads = grid // plan.config.cluster if plan.hoisted else groups  # once per CTA, or per row group
+    l2_reread = weight_bytes(plan) * max(0, weight_loads - 1)
+    fraction /= 1 + L2_REREAD_COST * l2_reread / hbm if hbm else 1
     return CostReport(
         kernel=plan.name, arch=plan.arch, config=plan.config.as_dict(), rows=rows,
         registers=resources.registers, spills=resources.spills + resources.stack_frame, smem_bytes=smem,
-        ideal_bytes=ideal, hbm_bytes=hbm, ctas_per_sm=per_sm, bytes_in_flight_per_sm=in_flight, waves=waves,
+        ideal_bytes=ideal, hbm_bytes=hbm, ctas_per_sm=resident, bytes_in_flight_per_sm=in_flight, waves=waves,
         reduction_phases=phases, predicted_fraction=round(fraction, 4))

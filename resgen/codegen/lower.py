@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from resgen.codegen.arch import DEFAULT_ARCH, Arch, get_arch
+from resgen.codegen.cost import IN_FLIGHT_TARGET
 from resgen.codegen.liveness import row_cache, stages, store_phase
 from resgen.codegen.plan import (
     ColSum,
@@ -93,7 +94,31 @@ def row_dtypes(block: Block) -> list[DType]:
 
 def persistent_ctas(config: LaunchConfig) -> int:
     """Clusters (CTAs, without clusters) a kernel with column reductions runs (PERSISTENT_SMS)."""
-    return PERSISTENT_SMS * max(1, min(8, 2048 // config.threads)) // config.cluster
+    return PERSISTENT_SMS * (config.persist or max(1, min(8, 2048 // config.threads))) // config.cluster
+
+
+def weight_floats(block: Block, hidden: int, config: LaunchConfig) -> int:
+    """Floats per thread a persistent kernel's weights take in registers."""
+    return len(block.params_of("weight")) * chunks_per_thread(hidden, config) * config.vec
+
+
+def register_floats(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> int:
+    """Floats per thread the kernel keeps in registers: the row cache (cache=registers), the column
+    accumulators that stay out of shared memory, and a persistent kernel's hoisted weights."""
+    floats = cached_floats(block, hidden, config) if config.cache == "registers" else 0
+    if not col_sums_in_smem(block, hidden, config, arch):
+        floats += col_sum_floats(block, hidden, config)
+    return floats
+
+
+def weight_home(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> str:
+    """Where a persistent forward kernel keeps its weights, loaded once for all its rows: "registers"
+    when they fit the budget beside everything else kept there, else "smem" (each thread copies
+    its own columns, so no barrier). "" (read per row group, from L1/L2) without `persist`."""
+    if not config.persist or col_sum_count(block) or not block.params_of("weight"):
+        return ""
+    fits = register_floats(block, hidden, config, arch) + weight_floats(block, hidden, config)
+    return "registers" if fits <= register_budget(block, config, arch) else "smem"
 
 
 def chunks_per_thread(hidden: int, config: LaunchConfig) -> int:
@@ -117,10 +142,16 @@ def col_sum_count(block: Block) -> int:
     return sum(o.node.kind is Kind.COL for o in block.outputs)
 
 
+def register_overhead(block: Block) -> int:
+    """Registers a thread needs besides the floats it keeps (REGISTER_OVERHEAD, DROPOUT_REGISTERS)."""
+    return REGISTER_OVERHEAD + (DROPOUT_REGISTERS if any(n.op == "dropout" for n in block.body) else 0)
+
+
 def register_budget(block: Block, config: LaunchConfig, arch: Arch) -> int:
-    """Floats per thread the row cache and column accumulators may keep in registers."""
-    overhead = REGISTER_OVERHEAD + (DROPOUT_REGISTERS if any(n.op == "dropout" for n in block.body) else 0)
-    return max(0, min(MAX_CACHED_FLOATS, min(255, arch.regs_per_sm // config.threads) - overhead))
+    """Floats per thread the row cache and column accumulators may keep in registers (with
+    `persist` CTAs of the config on each SM)."""
+    per_thread = arch.regs_per_sm // (config.threads * max(1, config.persist))
+    return max(0, min(MAX_CACHED_FLOATS, min(255, per_thread) - register_overhead(block)))
 
 
 def col_sums_in_smem(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> bool:
@@ -140,6 +171,7 @@ class SmemLayout:
     pitch: int  # elements of one row this CTA caches
     cache_offsets: dict[str, int]  # row inputs kept between phases
     value_offsets: dict[Node, int]  # computed values kept between phases (float32)
+    weight_offsets: dict[str, int]  # a persistent kernel's weights (weight_home "smem")
     col_sums: tuple[int, ...]  # byte offset of each column accumulator; empty: they live in registers
     scratch: int
     partials: int
@@ -151,7 +183,11 @@ def smem_layout(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> 
         return -(-n // 16) * 16
 
     pitch = -(-(chunks_per_thread(hidden, config) * config.threads_per_row * config.vec) // 8) * 8
-    offsets, values, total = {}, {}, 0
+    offsets, values, weights, total = {}, {}, {}, 0
+    if weight_home(block, hidden, config, arch) == "smem":
+        for p in block.params_of("weight"):
+            weights[p.name] = total
+            total += up16(pitch * p.dtype.itemsize * config.rows_per_cta)
     if config.cache == "smem":
         cache = row_cache(block, config)
         for p in block.params_of("input"):
@@ -173,7 +209,7 @@ def smem_layout(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> 
     partials = total
     if config.cluster > 1:
         total += up16(slot * reductions)
-    return SmemLayout(pitch, offsets, values, tuple(col_sums), scratch, partials, total)
+    return SmemLayout(pitch, offsets, values, weights, tuple(col_sums), scratch, partials, total)
 
 
 def check_config(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> None:
@@ -183,9 +219,7 @@ def check_config(block: Block, hidden: int, config: LaunchConfig, arch: Arch) ->
             f"config {config}: {config.threads_per_row * config.cluster} threads x vec {config.vec} per row is "
             f"over twice hidden={hidden}; most threads would idle"
         )
-    floats = cached_floats(block, hidden, config) if config.cache == "registers" else 0
-    if not col_sums_in_smem(block, hidden, config, arch):
-        floats += col_sum_floats(block, hidden, config)
+    floats = register_floats(block, hidden, config, arch)
     budget = register_budget(block, config, arch)
     if floats and floats > budget:
         raise PlanError(
@@ -199,6 +233,12 @@ def check_config(block: Block, hidden: int, config: LaunchConfig, arch: Arch) ->
             f"config {config}: the kernel needs {total} bytes of shared memory, over {arch.name}'s "
             f"{arch.max_dynamic_smem}; use cache=global, or a cluster on sm_90+"
         )
+    if config.persist and total * config.persist > arch.max_dynamic_smem:
+        raise PlanError(f"config {config}: {config.persist} CTAs of {total} bytes of shared memory do not fit "
+                        f"one SM of {arch.name} ({arch.max_dynamic_smem}); use a smaller persist")
+    if config.persist * config.threads > arch.max_threads_per_sm:
+        raise PlanError(f"config {config}: {config.persist} CTAs of {config.threads} threads exceed an SM of "
+                        f"{arch.name} ({arch.max_threads_per_sm} threads); use a smaller persist")
     if config.cluster > 1 and not arch.clusters:
         raise PlanError(f"config {config}: thread-block clusters need sm_90 or newer, not {arch.name}")
 
@@ -232,7 +272,50 @@ def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH,
             continue
     if choice is None:  # nothing fits at this shape (e.g. column-reduction accumulators): search for one
         return _fit(block, hidden, target, LaunchConfig(tpr, rows_per_cta, vec, "global"), dict(fixed or {}))
+    choice = persistent_variant(block, hidden, choice, target)
     return _fit(block, hidden, target, choice, dict(fixed)) if fixed else choice
+
+
+def persistent_variant(block: Block, hidden: int, choice: LaunchConfig, target: Arch) -> LaunchConfig:
+    """`choice` made persistent where that keeps its weights on chip (`weight_home`) and still has
+    IN_FLIGHT_TARGET bytes of loads in flight per SM: the cost model charges a kernel that re-reads
+    its weights for every row group (from L2) and not one that keeps them (cost.L2_REREAD_COST).
+    Of the CTAs per SM that fit (at least 2, so one's reduction overlaps another's loads), the
+    most that keep the weights in registers, else the fewest that keep them in shared memory.
+    Unchanged where none reaches the in-flight target."""
+    if col_sum_count(block) or not block.params_of("weight"):
+        return choice
+    per_cta = choice.threads * first_phase_load_bytes(block, hidden, choice)
+    fits = []
+    for persist in range(2, min(8, target.max_threads_per_sm // choice.threads) + 1):
+        config = replace(choice, persist=persist)
+        try:
+            check_config(block, hidden, config, target)
+        except PlanError:
+            continue
+        if persist * per_cta >= IN_FLIGHT_TARGET:
+            fits.append(config)
+    if not fits:
+        return choice
+    return max(fits, key=lambda c: (weight_home(block, hidden, c, target) == "registers",
+                                    c.persist if weight_home(block, hidden, c, target) == "registers" else -c.persist))
+
+
+def first_phase_load_bytes(block: Block, hidden: int, config: LaunchConfig) -> int:
+    """Bytes of row input one thread has in flight in the first phase: its loads of every input
+    that phase reads, over the chunks it unrolls (cost.loads_in_flight, before a plan exists)."""
+    first = row_cache(block, config).phases[0].inputs
+    per_chunk = sum(p.dtype.itemsize * config.vec for p in block.params_of("input") if p.name in first)
+    return per_chunk * _unroll(block, hidden, config)
+
+
+def _unroll(block: Block, hidden: int, config: LaunchConfig) -> int:
+    """Chunks the phase loops unroll: all of them when the row is cached in registers (or the
+    kernel sums columns), else STAGED_UNROLL."""
+    iters = chunks_per_thread(hidden, config)
+    if config.cache == "registers" or col_sum_count(block):
+        return iters
+    return min(iters, STAGED_UNROLL[any(n.op == "dropout" for n in block.body)])
 
 
 def _candidates(vectors: int, tpr: int, rows_per_cta: int, vec: int, target: Arch) -> Iterator[LaunchConfig]:
@@ -259,8 +342,8 @@ def _fit(block: Block, hidden: int, target: Arch, choice: LaunchConfig, fixed: d
 
     def distance(values: dict[str, Any]) -> tuple:
         changed = [k for k in values if values[k] != base[k]]
-        steps = sum(abs(math.log2(values[k] / base[k])) for k in changed
-                    if isinstance(values[k], int) and values[k] > 0)
+        steps = sum(abs(math.log2(values[k] / base[k])) if isinstance(values[k], int) and values[k] > 0 < base[k]
+                    else 1 for k in changed if not isinstance(values[k], str))
         cache = values["cache"]
         return len(changed), steps, _SPACE["cache"].index(cache) if cache in _SPACE["cache"] else 0
 
@@ -340,8 +423,9 @@ def kernel_name(block: Block, hidden: int, config: LaunchConfig) -> str:
     dtype = block.params_of("input")[0].dtype
     cache = {"registers": "reg", "smem": "smem", "global": "gmem"}[config.cache]
     cluster = f"_c{config.cluster}" if config.cluster > 1 else ""
+    persist = f"_p{config.persist}" if config.persist else ""
     return (f"rg_{block.name}_{dtype}_h{hidden}_t{config.threads_per_row}_r{config.rows_per_cta}"
-            f"_v{config.vec}_{cache}{cluster}")
+            f"_v{config.vec}_{cache}{cluster}{persist}")
 
 
 def regenerate_hint(block: Block, hidden: int, config: LaunchConfig, arch: str) -> str:
@@ -389,7 +473,9 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         o.name: RowTensor(o.name, o.dtype.c_type, o.dtype.itemsize, o.name not in aliased)
         for o in low.outputs if o.node.kind is Kind.ROW
     }
-    weights = {p.name: ColTensor(p.name, p.dtype.c_type) for p in low.params_of("weight")}
+    home = weight_home(low, hidden, config, target)
+    weights = {p.name: ColTensor(p.name, p.dtype.c_type, home, smem.weight_offsets.get(p.name, 0))
+               for p in low.params_of("weight")}
 
     reductions = [n for n in low.body if n.op in REDUCE_OPS]
     row_outputs = [o for o in low.outputs if o.node.kind is Kind.ROW]
@@ -442,6 +528,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         n.attr("dtype") for n in low.body if n.op == "cast"}
     includes = tuple(h for d, h in ((f16, "cuda_fp16.h"), (bf16, "cuda_bf16.h")) if d in dtypes)
     iters = chunks_per_thread(hidden, config)
+    unroll = _unroll(low, hidden, config)
     return KernelPlan(
         name=kernel_name(low, hidden, config),
         block_name=low.name,
@@ -453,7 +540,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         hidden=hidden,
         iters=iters,
         tail=hidden % (config.threads_per_row * config.vec * config.cluster) != 0,
-        unroll=iters if config.cache == "registers" or col_sums else min(iters, STAGED_UNROLL[uses_dropout]),
+        unroll=unroll,
         smem_bytes=smem.total,
         smem_pitch=smem.pitch,
         smem_scratch=smem.scratch,
@@ -471,12 +558,25 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         entries=_entries(low, kernel_name(low, hidden, config), config.vec),
         col_sums=col_sums,
         held=tuple(held.values()),
-        persistent_ctas=persistent_ctas(config) if col_sums else 0,
+        persistent_ctas=persistent_ctas(config) if col_sums else target.sms * config.persist // config.cluster,
+        hoisted=tuple(weights.values()) if home else (),
+        min_ctas=config.persist or _min_ctas(low, hidden, config, target),
         finalize=Entry(f"{kernel_name(low, hidden, config)}_colsum", False, 1) if col_sums else None,
         finalize_params=tuple(Param("workspace", c.ws, "const float* __restrict__") for c in col_sums) + tuple(
             Param("col_out", c.out, f"{c.c_type}* __restrict__") for c in col_sums) + (
             Param("parts", "parts", "long long"),) if col_sums else (),
     )
+
+
+def _min_ctas(block: Block, hidden: int, config: LaunchConfig, target: Arch) -> int:
+    """CTAs per SM to ask of `__launch_bounds__`: enough for IN_FLIGHT_TARGET bytes of first-phase
+    loads in flight, no more than the threads and the registers we expect the kernel to need allow
+    (so the bound never forces a spill the budget did not plan for)."""
+    per_cta = config.threads * first_phase_load_bytes(block, hidden, config)
+    want = math.ceil(IN_FLIGHT_TARGET / per_cta) if per_cta else 1
+    registers = register_overhead(block) + register_floats(block, hidden, config, target)
+    by_regs = target.regs_per_sm // (config.threads * min(255, registers))
+    return max(1, min(want, target.max_threads_per_sm // config.threads, by_regs))
 
 
 def _entries(block: Block, name: str, vec: int) -> tuple[Entry, ...]:

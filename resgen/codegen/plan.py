@@ -22,7 +22,10 @@ class LaunchConfig:
     the row's inputs wait between reduction phases: registers, shared memory, or nowhere (the
     later phase reads them again from global memory). cluster: CTAs that share one row as a
     thread-block cluster (sm_90+), meeting in distributed shared memory for the reductions, so a
-    row too large for one CTA's shared memory still stays on chip.
+    row too large for one CTA's shared memory still stays on chip. persist: 0 runs a CTA (cluster)
+    per row group; k > 0 runs k CTAs per SM of the target (`KernelPlan.persistent_ctas`), each
+    looping over row groups with its weights kept in registers and the next row group prefetched
+    into L2 while it reduces the current one.
     """
 
     threads_per_row: int
@@ -30,8 +33,12 @@ class LaunchConfig:
     vec: int
     cache: str = "registers"
     cluster: int = 1
+    persist: int = 0
 
-    SHORT = {"threads_per_row": "tpr", "rows_per_cta": "rows", "vec": "vec", "cache": "cache", "cluster": "cluster"}
+    SHORT = {"threads_per_row": "tpr", "rows_per_cta": "rows", "vec": "vec", "cache": "cache", "cluster": "cluster",
+             "persist": "persist"}
+    #: Fields printed only when they differ from their default (older configs read the same).
+    QUIET = {"persist": 0}
 
     def __post_init__(self) -> None:
         if self.threads_per_row not in _POW2:
@@ -51,6 +58,11 @@ class LaunchConfig:
             raise PlanError(f"config: cluster must be 1, 2, 4 or 8 CTAs, got {self.cluster}")
         if self.cluster > 1 and self.rows_per_cta != 1:
             raise PlanError(f"config: a cluster of {self.cluster} CTAs shares one row; rows_per_cta must be 1")
+        if isinstance(self.persist, bool) or not isinstance(self.persist, int) or not 0 <= self.persist <= 8:
+            raise PlanError(f"config: persist must be an int in 0..8 (CTAs per SM that loop over rows; 0: none), "
+                            f"got {self.persist!r}")
+        if self.persist and self.persist * self.threads > 2048:
+            raise PlanError(f"config: persist={self.persist} CTAs of {self.threads} threads exceed an SM's 2048 threads")
 
     @property
     def threads(self) -> int:
@@ -69,7 +81,8 @@ class LaunchConfig:
         return asdict(self)
 
     def __str__(self) -> str:
-        return ",".join(f"{self.SHORT[f.name]}={getattr(self, f.name)}" for f in fields(self))
+        return ",".join(f"{self.SHORT[f.name]}={getattr(self, f.name)}" for f in fields(self)
+                        if self.QUIET.get(f.name, object()) != getattr(self, f.name))
 
     @classmethod
     def fields_of(cls, text: str) -> dict[str, Any]:
@@ -91,6 +104,7 @@ class LaunchConfig:
         values: dict[str, Any] = base.as_dict() if base else {}
         values.update(cls.fields_of(text))
         values.setdefault("cluster", 1)
+        values.setdefault("persist", 0)
         missing = [cls.SHORT[f.name] for f in fields(cls) if f.name not in values]
         if missing:
             raise PlanError(f"--config: missing {', '.join(missing)}")
@@ -155,6 +169,12 @@ class RowTensor:
 class ColTensor:
     name: str
     c_type: str
+    hoisted: str = ""  # a persistent kernel's weight, loaded once for all its rows into "registers" or "smem"
+    smem_offset: int = 0  # byte offset of its copy in dynamic shared memory (hoisted == "smem")
+
+    @property
+    def cache(self) -> str:
+        return ident("cache", self.name)
 
     @property
     def ptr(self) -> str:
@@ -325,12 +345,28 @@ class KernelPlan:
     col_sums: tuple[ColSum, ...] = ()
     held: tuple[Held, ...] = ()  # computed values kept between phases
     persistent_ctas: int = 0  # > 0: CTAs (clusters) loop over row groups, at most this many of them
+    hoisted: tuple[ColTensor, ...] = ()  # weights a persistent kernel loads once, before its row loop
+    min_ctas: int = 1  # __launch_bounds__' CTAs per SM: what the loads in flight (or `persist`) want
     finalize: Entry | None = None  # the kernel that sums the column reductions' partials
     finalize_params: tuple[Param, ...] = ()
 
     @property
     def threads(self) -> int:
         return self.config.threads
+
+    @property
+    def trailing_barrier(self) -> bool:
+        """A persistent kernel's row group must end at a barrier before the next one reduces into
+        the same shared memory: only with a single reduction that goes through shared memory (more
+        than a warp per row, or a cluster). With two or more, the next row group's first barrier
+        comes between a slot's last read and its next write; a warp's own reduction uses shuffles."""
+        c = self.config
+        return self.reductions == 1 and (c.threads_per_row > 32 or c.cluster > 1)
+
+    @property
+    def persistent(self) -> bool:
+        """CTAs (clusters) loop over row groups: column reductions, or `config.persist`."""
+        return self.persistent_ctas > 0
 
     def grid(self, rows: int) -> int:
         groups = math.ceil(rows / self.config.rows_per_cta)
@@ -361,6 +397,7 @@ class KernelPlan:
 
     def _smem_parts(self) -> str:
         parts = (["row cache"] if self.config.cache == "smem" and self._kept() else []) + (
+            ["weights"] if self.hoisted and self.hoisted[0].hoisted == "smem" else []) + (
             ["column sums"] if self.col_sums_in_smem else []) + (["reduction partials"] if self.reductions else [])
         return ", ".join(parts) or "none used"
 
@@ -376,6 +413,9 @@ class KernelPlan:
             *([f"col sums    {len(self.col_sums)} accumulated in "
                + ("shared memory" if self.col_sums_in_smem else "registers")
                + f", {self.persistent_ctas} persistent CTAs, then a finalize kernel"] if self.col_sums else []),
+            *([f"persistent  {self.persistent_ctas} CTAs loop over row groups, prefetching the next into L2"
+               + (f"; {', '.join(w.name for w in self.hoisted)} kept in {self.hoisted[0].hoisted}" if self.hoisted else "")]
+              if self.persistent_ctas and not self.col_sums else []),
             f"shared mem  {self.smem_bytes} bytes dynamic ({self._smem_parts()})",
             f"phases      {len(self.phases)} ({self.reductions} reduction(s))",
         ]

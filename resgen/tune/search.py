@@ -11,9 +11,10 @@ from typing import Any
 from resgen.codegen import LaunchConfig, lower, render
 from resgen.codegen.arch import DEFAULT_ARCH, get_arch
 from resgen.codegen.cost import occupancy
-from resgen.codegen.lower import row_dtypes
+from resgen.codegen.lower import default_config, persistent_variant, row_dtypes
 from resgen.errors import PlanError
 from resgen.ir.block import Block
+from resgen.passes import pipeline
 from resgen.runtime.compile import compile_for_device
 from resgen.runtime.nvrtc import parse_resources
 
@@ -36,7 +37,9 @@ class Candidate:
 def enumerate_configs(block: Block, hidden: int, arch: str = DEFAULT_ARCH) -> list[LaunchConfig]:
     """The search space: power-of-two threads per row, CTAs of 64 to 1024 threads, the two widest
     vectors of at most 16 bytes that divide hidden, every row cache; and for rows of at least
-    CLUSTER_MIN_HIDDEN on GPUs with clusters, 2 to 8 CTAs of 256 to 1024 threads per row."""
+    CLUSTER_MIN_HIDDEN on GPUs with clusters, 2 to 8 CTAs of 256 to 1024 threads per row. Each
+    register-cached config also comes persistent (`persistent_variant`) where that fits, and the
+    heuristic's own choice is always in."""
     itemsize = min(d.itemsize for d in row_dtypes(block))
     vecs = [v for v in (8, 4, 2, 1) if v * itemsize <= 16 and hidden % v == 0][:2]  # the widest two
     configs = []
@@ -56,7 +59,14 @@ def enumerate_configs(block: Block, hidden: int, arch: str = DEFAULT_ARCH) -> li
                 for vec in vecs:
                     if -(-hidden // (tpr * vec * cluster)) <= MAX_CHUNKS:
                         configs += [LaunchConfig(tpr, 1, vec, cache, cluster) for cache in ("registers", "smem")]
-    return configs
+    low, target = pipeline(block, hidden), get_arch(arch)
+    persistent = []
+    for config in configs:
+        variant = persistent_variant(low, hidden, config, target) if config.cache == "registers" else config
+        if variant != config:
+            persistent.append(variant)
+    chosen = default_config(low, hidden, arch)
+    return [chosen] + [c for c in configs + persistent if c != chosen]
 
 
 def prune(block: Block, hidden: int, arch: str, progress: Callable[[str], None] | None = None,
