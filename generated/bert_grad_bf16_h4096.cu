@@ -395,6 +395,7 @@ __device__ __forceinline__ void rg_bert_grad_bf16_h4096_t128_r1_v8_reg_body(
     const float rs15 = v_saved_0 * rs14;
     const float rs17 = rs15 * (-0.5f);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 49152);  // per-warp partials
+    unsigned drop0_bits[ITERS];  // dropout site 0's mask, drawn once: bit j of chunk it
     float h0[ITERS][VEC];  // t0 as computed, kept in registers for a later phase
     float h12[ITERS][VEC];  // t12 as computed, kept in registers for a later phase
 
@@ -417,6 +418,9 @@ __device__ __forceinline__ void rg_bert_grad_bf16_h4096_t128_r1_v8_reg_body(
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
         float drop0_u[VEC];
         rg_dropout_uniforms<VEC>(col0, (unsigned)row, seed, offset, 0u, drop0_u);
+        drop0_bits[it] = 0u;  // the mask, for the phases after this one
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) drop0_bits[it] |= (drop0_u[j] >= 0.100000001f ? 1u : 0u) << j;
         float k1_v[VEC];
         rg_load<float, VEC, ITERS * TPR * VEC, true>(k1, lcol0, k1_v);
         float k2_v[VEC];
@@ -458,7 +462,8 @@ __device__ __forceinline__ void rg_bert_grad_bf16_h4096_t128_r1_v8_reg_body(
         const float (&h0_v)[VEC] = h0[it];
         const float (&h12_v)[VEC] = h12[it];
         float drop0_u[VEC];
-        rg_dropout_uniforms<VEC>(col0, (unsigned)row, seed, offset, 0u, drop0_u);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) drop0_u[j] = (drop0_bits[it] >> j) & 1u ? 1.0f : 0.0f;  // kept: 1 >= p; dropped: 0 < p
         float v_d_x[VEC];
         float v_d_residual[VEC];
         float k0_v[VEC];

@@ -280,3 +280,12 @@ def test_the_cost_model_sees_every_catalog_row_stay_on_chip(name, hidden):
     assert report.spills == 0 and report.bytes_in_flight_per_sm >= IN_FLIGHT_TARGET, report
     if name != "gemma2_sandwich":  # two norms in a row: its second reads the first's result
         assert report.reduction_phases == 1, report
+
+
+@pytest.mark.parametrize("hidden", [4096, 16384, 65536])
+def test_a_dropout_mask_is_drawn_once_per_row(hidden):
+    # bert's backward needs its forward's mask in both phases: the first draws it and keeps one bit
+    # per element for the second (its phase loops are fully unrolled, so the bits stay in registers).
+    plan, source = plan_and_source(rg.grad(rg.catalog.bert(rg.bf16)), hidden, None, "sm_90")
+    assert source.count("rg_dropout_uniforms<VEC>(") == 1, plan.config
+    assert "drop0_bits[it] |=" in source and "(drop0_bits[it] >> j) & 1u" in source

@@ -484,6 +484,15 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
                             smem.col_sums[i] if smem.col_sums else -1)
                      for i, o in enumerate(o for o in low.outputs if o.node.kind is Kind.COL))
     phases = []
+    # One draw per site and row: a backward's dropout reuses its forward's mask (same site, same
+    # uniforms); a later phase reads the bits the first one kept when every chunk index is static
+    # (the phase loop fully unrolled), and draws again otherwise.
+    keep_bits = _unroll(low, hidden, config) == chunks_per_thread(hidden, config)
+    uses: dict[int, set[int]] = {}  # site -> the phases that need its mask
+    for s, work in enumerate(cache.phases):
+        for n in work.nodes:
+            if n.op == "dropout":
+                uses.setdefault(n.attr("site"), set()).add(s)
     first_read = {name: min(i for i, w in enumerate(cache.phases) if name in w.inputs) for name in cache.inputs}
     for s, work in enumerate(cache.phases):
         reds = [r for r in reductions if stage[r.args[0]] == s]
@@ -501,8 +510,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
             cached=from_cache,
             weights=tuple(t for n, t in weights.items() if any(a.op == "weight" and a.name == n
                                                                for m in nodes for a in m.args)),
-            # one draw per site: a backward's dropout reuses its forward's mask (same site, same uniforms)
-            dropouts=tuple(dict.fromkeys(Dropout(namer.uniforms(n), n.attr("site")) for n in nodes if n.op == "dropout")),
+            dropouts=tuple(_masks(nodes, s, uses, namer, keep_bits)),
             computes=tuple(f"const float {h.var} = {h.cache}_v[j];" for h in reads)
             + tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes),
             reductions=tuple(
@@ -523,6 +531,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     row_prologue = tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in low.body
                          if n.kind is Kind.ROWS and stage[n] == 0 and n.op not in REDUCE_OPS + PARAM_OPS)
     uses_dropout = any(n.op == "dropout" for n in low.body)
+    masks = tuple(d for phase in phases for d in phase.dropouts if d.keep)
     params = _abi(low, row_in, row_out, uses_dropout, col_sums)
     dtypes = {d for d in row_dtypes(low)} | {p.dtype for p in low.params} | {o.dtype for o in low.outputs} | {
         n.attr("dtype") for n in low.body if n.op == "cast"}
@@ -560,12 +569,27 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         held=tuple(held.values()),
         persistent_ctas=persistent_ctas(config) if col_sums else target.sms * config.persist // config.cluster,
         hoisted=tuple(weights.values()) if home else (),
+        masks=masks,
         min_ctas=config.persist or _min_ctas(low, hidden, config, target),
         finalize=Entry(f"{kernel_name(low, hidden, config)}_colsum", False, 1) if col_sums else None,
         finalize_params=tuple(Param("workspace", c.ws, "const float* __restrict__") for c in col_sums) + tuple(
             Param("col_out", c.out, f"{c.c_type}* __restrict__") for c in col_sums) + (
             Param("parts", "parts", "long long"),) if col_sums else (),
     )
+
+
+def _masks(nodes: tuple[Node, ...], phase: int, uses: dict[int, set[int]], namer: _Namer,
+           keep_bits: bool) -> Iterator[Dropout]:
+    """The dropout masks a phase needs, one per site: drawn here (and kept as bits when a later
+    phase needs the site too and `keep_bits`), or read back from the bits an earlier phase kept."""
+    sites: dict[int, Node] = {}
+    for n in nodes:
+        if n.op == "dropout":
+            sites.setdefault(n.attr("site"), n)
+    for site, n in sites.items():
+        p, first, last = c_float(n.attr("p")), min(uses[site]), max(uses[site])
+        yield Dropout(namer.uniforms(n), site, p, keep=keep_bits and first == phase < last,
+                      reuse=keep_bits and first < phase)
 
 
 def _min_ctas(block: Block, hidden: int, config: LaunchConfig, target: Arch) -> int:

@@ -202,8 +202,18 @@ class Store:
 
 @dataclass(frozen=True)
 class Dropout:
+    """One dropout site's mask in a phase: drawn from Philox, or (reuse) read back from the bits an
+    earlier phase kept, as uniforms of 1.0 (kept: >= p) and 0.0 (dropped: < p, as p > 0)."""
+
     var: str  # array of uniforms
     site: int
+    p: str = "0.0f"  # the C literal the mask compares with
+    keep: bool = False  # this phase draws the mask and keeps its bits for a later phase
+    reuse: bool = False  # this phase reads the kept bits instead of drawing again
+
+    @property
+    def bits(self) -> str:
+        return f"drop{self.site}_bits"
 
 
 @dataclass(frozen=True)
@@ -346,6 +356,7 @@ class KernelPlan:
     held: tuple[Held, ...] = ()  # computed values kept between phases
     persistent_ctas: int = 0  # > 0: CTAs (clusters) loop over row groups, at most this many of them
     hoisted: tuple[ColTensor, ...] = ()  # weights a persistent kernel loads once, before its row loop
+    masks: tuple[Dropout, ...] = ()  # dropout masks drawn once and kept as bits (one word per chunk)
     min_ctas: int = 1  # __launch_bounds__' CTAs per SM: what the loads in flight (or `persist`) want
     finalize: Entry | None = None  # the kernel that sums the column reductions' partials
     finalize_params: tuple[Param, ...] = ()
