@@ -82,12 +82,13 @@ template <> struct rg_access<8> { using type = uint2; };
 template <> struct rg_access<16> { using type = uint4; };
 template <> struct rg_access<32> { using type = uint4; };
 
-// Read VEC consecutive elements of a row from column col0 into floats (0 past HIDDEN).
-// WIDE: the launch found every pointer and row stride aligned for VEC-element accesses.
+// Read VEC consecutive elements of a row from column col0 into floats (0 outside [0, HIDDEN): a
+// peeled row's first chunk starts before column 0). WIDE: the launch found the chunk's address
+// aligned for VEC-element accesses (every pointer and row stride, or a peeled row's shifted chunks).
 template <typename T, int VEC, int HIDDEN, bool WIDE>
 __device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC], int line = RG_CALLER_LINE) {
     using A = typename rg_access<VEC * sizeof(T)>::type;
-    if (WIDE && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
+    if (WIDE && col0 >= 0 && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
         constexpr int N = VEC * sizeof(T) / sizeof(A);
         RG_CHECK(row + col0, VEC * sizeof(T), false, line);
         A raw[N];
@@ -100,20 +101,21 @@ __device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC
     } else {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            if (col0 + j < HIDDEN) RG_CHECK(row + col0 + j, sizeof(T), false, line);
-            out[j] = col0 + j < HIDDEN ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
+            const bool inside = (unsigned)(col0 + j) < (unsigned)HIDDEN;
+            if (inside) RG_CHECK(row + col0 + j, sizeof(T), false, line);
+            out[j] = inside ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
         }
     }
 }
 
-// Write VEC floats, rounded to T, to columns col0.. of a row (nothing past HIDDEN).
+// Write VEC floats, rounded to T, to columns col0.. of a row (nothing outside [0, HIDDEN)).
 template <typename T, int VEC, int HIDDEN, bool WIDE>
 __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC], int line = RG_CALLER_LINE) {
     T elems[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) elems[j] = rg_io<T>::from_float(in[j]);
     using A = typename rg_access<VEC * sizeof(T)>::type;
-    if (WIDE && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
+    if (WIDE && col0 >= 0 && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
         constexpr int N = VEC * sizeof(T) / sizeof(A);
         RG_CHECK(row + col0, VEC * sizeof(T), true, line);
         A raw[N];
@@ -123,7 +125,7 @@ __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC
     } else {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            if (col0 + j < HIDDEN) {
+            if ((unsigned)(col0 + j) < (unsigned)HIDDEN) {
                 RG_CHECK(row + col0 + j, sizeof(T), true, line);
                 row[col0 + j] = elems[j];
             }
@@ -201,17 +203,23 @@ __device__ __forceinline__ rg_welford rg_welford_combine(rg_welford a, rg_welfor
 // Add the first `valid` of a chunk's VEC values: shifted by the first of them, their mean offset
 // and squared deviations in two passes over registers, then one combine.
 template <int VEC>
-__device__ __forceinline__ void rg_welford_add(rg_welford& w, const float (&x)[VEC], int valid) {
-    const int count = valid < 0 ? 0 : valid > VEC ? VEC : valid;
-    if (count == 0) return;
-    const float shift = x[0];
+__device__ __forceinline__ void rg_welford_add(rg_welford& w, const float (&x)[VEC], int lo, int hi) {
+    // x[lo..hi) are the chunk's columns inside the row (a peeled first chunk starts at lo > 0, the
+    // last one may end at hi < VEC); every index stays static, so x stays in registers.
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > VEC ? VEC : hi;
+    const int count = hi - lo;
+    if (count <= 0) return;
+    float shift = x[0];
+#pragma unroll
+    for (int j = 1; j < VEC; ++j) if (j == lo) shift = x[j];
     float sum = 0.0f;
 #pragma unroll
-    for (int j = 1; j < VEC; ++j) if (j < count) sum += x[j] - shift;
+    for (int j = 1; j < VEC; ++j) if (j > lo && j < hi) sum += x[j] - shift;
     const float offset = sum / (float)count;
     float m2 = 0.0f;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) if (j < count) { const float d = (x[j] - shift) - offset; m2 += d * d; }
+    for (int j = 0; j < VEC; ++j) if (j >= lo && j < hi) { const float d = (x[j] - shift) - offset; m2 += d * d; }
     w = rg_welford_combine(w, {(float)count, shift, offset, m2});
 }
 
@@ -264,12 +272,27 @@ __device__ __forceinline__ float rg_uniform(unsigned word) {
 
 // Uniforms in [0, 1) for columns col0..col0+VEC-1 of `row` at dropout site `site`:
 // word col % 4 of philox(counter = (col / 4, row, offset), key = (seed_lo, seed_hi + site)).
-template <int VEC>
+// ALIGNED: col0 is a multiple of 4 (VEC a multiple of 4), so VEC / 4 blocks serve the chunk; a
+// peeled row's chunks start anywhere and take VEC / 4 + 1. Columns outside the row get uniforms
+// nobody reads.
+template <int VEC, bool ALIGNED = true>
 __device__ __forceinline__ void rg_dropout_uniforms(int col0, unsigned row, unsigned long long seed,
                                                     unsigned long long offset, unsigned site, float (&u)[VEC]) {
     const unsigned k0 = (unsigned)seed, k1 = (unsigned)(seed >> 32) + site;
     const unsigned o0 = (unsigned)offset, o1 = (unsigned)(offset >> 32);
-    if constexpr (VEC % 4 == 0) {
+    if constexpr (VEC % 4 == 0 && !ALIGNED) {
+        const int first = col0 >> 2, shift = col0 & 3;  // floor: a peeled head has col0 < 0
+        uint4 w[VEC / 4 + 1];
+#pragma unroll
+        for (int g = 0; g <= VEC / 4; ++g) w[g] = rg_philox((unsigned)(first + g), row, o0, o1, k0, k1);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+            const int q = shift + (j & 3);  // column col0 + j is word q & 3 of block j / 4 + q / 4
+            const uint4 b = q >= 4 ? w[j / 4 + 1] : w[j / 4];
+            const int lane = q & 3;
+            u[j] = rg_uniform(lane == 0 ? b.x : lane == 1 ? b.y : lane == 2 ? b.z : b.w);
+        }
+    } else if constexpr (VEC % 4 == 0) {
 #pragma unroll
         for (int g = 0; g < VEC / 4; ++g) {
             const uint4 w = rg_philox((unsigned)(col0 >> 2) + g, row, o0, o1, k0, k1);
@@ -289,7 +312,7 @@ __device__ __forceinline__ void rg_dropout_uniforms(int col0, unsigned row, unsi
 
 // WIDE: every row start and weight is aligned for VEC-element accesses (the launch checks);
 // otherwise the _narrow entry point below reads and writes element by element.
-template <bool WIDE>
+template <bool WIDE, bool PEEL>
 __device__ __forceinline__ void rg_bert_bf16_h4096_t128_r1_v8_reg_p2_body(
     const __nv_bfloat16* __restrict__ p_x,
     long long s_x,
@@ -357,6 +380,7 @@ __device__ __forceinline__ void rg_bert_bf16_h4096_t128_r1_v8_reg_p2_body(
     }
     const bool in_row = row < rows;  // threads past the last row still join reductions, never store
     const long long src_row = in_row ? row : 0;  // they read row 0 instead, so every load stays in bounds
+    constexpr int head = 0;
     const __nv_bfloat16* r_x = p_x + src_row * s_x;
     const __nv_bfloat16* r_residual = p_residual + src_row * s_residual;
     __nv_bfloat16* r_y = p_y + src_row * s_y;
@@ -369,7 +393,7 @@ __device__ __forceinline__ void rg_bert_bf16_h4096_t128_r1_v8_reg_p2_body(
 #pragma unroll 4
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
-        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
+        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC - head;  // and in the row
         float v_x[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
         float v_residual[VEC];
@@ -385,12 +409,12 @@ __device__ __forceinline__ void rg_bert_bf16_h4096_t128_r1_v8_reg_p2_body(
             const float t1 = drop0_u[j] >= 0.100000001f ? t0 * 1.11111116f : 0.0f;
             const float t2 = t1 + v_residual[j];
             h2[it][j] = t2;
-            if (!TAIL || col0 + j < HIDDEN) {
+            if ((!TAIL && !PEEL) || (unsigned)(col0 + j) < (unsigned)HIDDEN) {
                 rs3_x[j] = t2;
                 rs7 += t2;
             }
         }
-        rg_welford_add<VEC>(rs3_w, rs3_x, TAIL ? HIDDEN - col0 : VEC);
+        rg_welford_add<VEC>(rs3_w, rs3_x, -col0, TAIL ? HIDDEN - col0 : VEC);
     }
     rs3_w = rg_row_welford<TPR>(rs3_w, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
     const float rs3 = rs3_w.m2 / (float)HIDDEN;
@@ -403,7 +427,7 @@ __device__ __forceinline__ void rg_bert_bf16_h4096_t128_r1_v8_reg_p2_body(
 #pragma unroll 4
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
-        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
+        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC - head;  // and in the row
         const float (&h2_v)[VEC] = h2[it];
         float v_weight[VEC];
         rg_load<__nv_bfloat16, VEC, ITERS * TPR * VEC, true>(c_weight, lcol0, v_weight);
@@ -438,7 +462,7 @@ extern "C" __global__ void __launch_bounds__(128, 2) rg_bert_bf16_h4096_t128_r1_
     unsigned long long offset,
     long long rows)
 {
-    rg_bert_bf16_h4096_t128_r1_v8_reg_p2_body<true>(p_x, s_x, p_residual, s_residual, p_bias, p_weight, p_ln_bias, p_y, s_y, seed, offset, rows);
+    rg_bert_bf16_h4096_t128_r1_v8_reg_p2_body<true, false>(p_x, s_x, p_residual, s_residual, p_bias, p_weight, p_ln_bias, p_y, s_y, seed, offset, rows);
 }
 
 extern "C" __global__ void __launch_bounds__(128, 2) rg_bert_bf16_h4096_t128_r1_v8_reg_p2_narrow(
@@ -455,5 +479,5 @@ extern "C" __global__ void __launch_bounds__(128, 2) rg_bert_bf16_h4096_t128_r1_
     unsigned long long offset,
     long long rows)
 {
-    rg_bert_bf16_h4096_t128_r1_v8_reg_p2_body<false>(p_x, s_x, p_residual, s_residual, p_bias, p_weight, p_ln_bias, p_y, s_y, seed, offset, rows);
+    rg_bert_bf16_h4096_t128_r1_v8_reg_p2_body<false, false>(p_x, s_x, p_residual, s_residual, p_bias, p_weight, p_ln_bias, p_y, s_y, seed, offset, rows);
 }

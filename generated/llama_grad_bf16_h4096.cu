@@ -90,12 +90,13 @@ template <> struct rg_access<8> { using type = uint2; };
 template <> struct rg_access<16> { using type = uint4; };
 template <> struct rg_access<32> { using type = uint4; };
 
-// Read VEC consecutive elements of a row from column col0 into floats (0 past HIDDEN).
-// WIDE: the launch found every pointer and row stride aligned for VEC-element accesses.
+// Read VEC consecutive elements of a row from column col0 into floats (0 outside [0, HIDDEN): a
+// peeled row's first chunk starts before column 0). WIDE: the launch found the chunk's address
+// aligned for VEC-element accesses (every pointer and row stride, or a peeled row's shifted chunks).
 template <typename T, int VEC, int HIDDEN, bool WIDE>
 __device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC], int line = RG_CALLER_LINE) {
     using A = typename rg_access<VEC * sizeof(T)>::type;
-    if (WIDE && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
+    if (WIDE && col0 >= 0 && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
         constexpr int N = VEC * sizeof(T) / sizeof(A);
         RG_CHECK(row + col0, VEC * sizeof(T), false, line);
         A raw[N];
@@ -108,20 +109,21 @@ __device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC
     } else {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            if (col0 + j < HIDDEN) RG_CHECK(row + col0 + j, sizeof(T), false, line);
-            out[j] = col0 + j < HIDDEN ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
+            const bool inside = (unsigned)(col0 + j) < (unsigned)HIDDEN;
+            if (inside) RG_CHECK(row + col0 + j, sizeof(T), false, line);
+            out[j] = inside ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
         }
     }
 }
 
-// Write VEC floats, rounded to T, to columns col0.. of a row (nothing past HIDDEN).
+// Write VEC floats, rounded to T, to columns col0.. of a row (nothing outside [0, HIDDEN)).
 template <typename T, int VEC, int HIDDEN, bool WIDE>
 __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC], int line = RG_CALLER_LINE) {
     T elems[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) elems[j] = rg_io<T>::from_float(in[j]);
     using A = typename rg_access<VEC * sizeof(T)>::type;
-    if (WIDE && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
+    if (WIDE && col0 >= 0 && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
         constexpr int N = VEC * sizeof(T) / sizeof(A);
         RG_CHECK(row + col0, VEC * sizeof(T), true, line);
         A raw[N];
@@ -131,7 +133,7 @@ __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC
     } else {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            if (col0 + j < HIDDEN) {
+            if ((unsigned)(col0 + j) < (unsigned)HIDDEN) {
                 RG_CHECK(row + col0 + j, sizeof(T), true, line);
                 row[col0 + j] = elems[j];
             }
@@ -209,17 +211,23 @@ __device__ __forceinline__ rg_welford rg_welford_combine(rg_welford a, rg_welfor
 // Add the first `valid` of a chunk's VEC values: shifted by the first of them, their mean offset
 // and squared deviations in two passes over registers, then one combine.
 template <int VEC>
-__device__ __forceinline__ void rg_welford_add(rg_welford& w, const float (&x)[VEC], int valid) {
-    const int count = valid < 0 ? 0 : valid > VEC ? VEC : valid;
-    if (count == 0) return;
-    const float shift = x[0];
+__device__ __forceinline__ void rg_welford_add(rg_welford& w, const float (&x)[VEC], int lo, int hi) {
+    // x[lo..hi) are the chunk's columns inside the row (a peeled first chunk starts at lo > 0, the
+    // last one may end at hi < VEC); every index stays static, so x stays in registers.
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > VEC ? VEC : hi;
+    const int count = hi - lo;
+    if (count <= 0) return;
+    float shift = x[0];
+#pragma unroll
+    for (int j = 1; j < VEC; ++j) if (j == lo) shift = x[j];
     float sum = 0.0f;
 #pragma unroll
-    for (int j = 1; j < VEC; ++j) if (j < count) sum += x[j] - shift;
+    for (int j = 1; j < VEC; ++j) if (j > lo && j < hi) sum += x[j] - shift;
     const float offset = sum / (float)count;
     float m2 = 0.0f;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) if (j < count) { const float d = (x[j] - shift) - offset; m2 += d * d; }
+    for (int j = 0; j < VEC; ++j) if (j >= lo && j < hi) { const float d = (x[j] - shift) - offset; m2 += d * d; }
     w = rg_welford_combine(w, {(float)count, shift, offset, m2});
 }
 
@@ -256,7 +264,7 @@ __device__ __forceinline__ rg_welford rg_row_welford(rg_welford w, float* scratc
 
 // WIDE: every row start and weight is aligned for VEC-element accesses (the launch checks);
 // otherwise the _narrow entry point below reads and writes element by element.
-template <bool WIDE>
+template <bool WIDE, bool PEEL>
 __device__ __forceinline__ void rg_llama_grad_bf16_h4096_t128_r1_v8_reg_body(
     const __nv_bfloat16* __restrict__ p_x,
     long long s_x,
@@ -313,6 +321,7 @@ __device__ __forceinline__ void rg_llama_grad_bf16_h4096_t128_r1_v8_reg_body(
     }
     const bool in_row = row < rows;  // threads past the last row still join reductions, never store
     const long long src_row = in_row ? row : 0;  // they read row 0 instead, so every load stays in bounds
+    constexpr int head = 0;
     const __nv_bfloat16* r_x = p_x + src_row * s_x;
     const __nv_bfloat16* r_residual = p_residual + src_row * s_residual;
     const __nv_bfloat16* r_d_residual_out = p_d_residual_out + src_row * s_d_residual_out;
@@ -332,7 +341,7 @@ __device__ __forceinline__ void rg_llama_grad_bf16_h4096_t128_r1_v8_reg_body(
 #pragma unroll 4
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
-        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
+        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC - head;  // and in the row
         float v_x[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
         float v_residual[VEC];
@@ -340,7 +349,7 @@ __device__ __forceinline__ void rg_llama_grad_bf16_h4096_t128_r1_v8_reg_body(
         float v_d_y[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_y, col0, v_d_y);
         float v_weight[VEC];
-        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(p_weight, col0, v_weight);
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE && !PEEL>(p_weight, col0, v_weight);
         float k0_v[VEC];
         rg_load<float, VEC, ITERS * TPR * VEC, true>(k0, lcol0, k0_v);
 #pragma unroll
@@ -352,7 +361,7 @@ __device__ __forceinline__ void rg_llama_grad_bf16_h4096_t128_r1_v8_reg_body(
             const float t17 = t16 * v_d_y[j];
             h0[it][j] = t0;
             h5[it][j] = t5;
-            if (!TAIL || col0 + j < HIDDEN) {
+            if ((!TAIL && !PEEL) || (unsigned)(col0 + j) < (unsigned)HIDDEN) {
                 rs7 += t6;
             }
             if (in_row && (!TAIL || col0 + j < HIDDEN)) k0_v[j] += t17;
@@ -367,7 +376,7 @@ __device__ __forceinline__ void rg_llama_grad_bf16_h4096_t128_r1_v8_reg_body(
 #pragma unroll 4
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
-        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;  // and in the row
+        const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC - head;  // and in the row
         float v_d_residual_out[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_residual_out, col0, v_d_residual_out);
         const float (&h0_v)[VEC] = h0[it];
@@ -421,7 +430,7 @@ extern "C" __global__ void __launch_bounds__(128, 2) rg_llama_grad_bf16_h4096_t1
     float* __restrict__ rg_ws0,
     long long rows)
 {
-    rg_llama_grad_bf16_h4096_t128_r1_v8_reg_body<true>(p_x, s_x, p_residual, s_residual, p_weight, p_saved_0, p_d_residual_out, s_d_residual_out, p_d_y, s_d_y, p_d_x, s_d_x, p_d_residual, s_d_residual, rg_ws0, rows);
+    rg_llama_grad_bf16_h4096_t128_r1_v8_reg_body<true, false>(p_x, s_x, p_residual, s_residual, p_weight, p_saved_0, p_d_residual_out, s_d_residual_out, p_d_y, s_d_y, p_d_x, s_d_x, p_d_residual, s_d_residual, rg_ws0, rows);
 }
 
 extern "C" __global__ void __launch_bounds__(128, 2) rg_llama_grad_bf16_h4096_t128_r1_v8_reg_narrow(
@@ -442,7 +451,7 @@ extern "C" __global__ void __launch_bounds__(128, 2) rg_llama_grad_bf16_h4096_t1
     float* __restrict__ rg_ws0,
     long long rows)
 {
-    rg_llama_grad_bf16_h4096_t128_r1_v8_reg_body<false>(p_x, s_x, p_residual, s_residual, p_weight, p_saved_0, p_d_residual_out, s_d_residual_out, p_d_y, s_d_y, p_d_x, s_d_x, p_d_residual, s_d_residual, rg_ws0, rows);
+    rg_llama_grad_bf16_h4096_t128_r1_v8_reg_body<false, false>(p_x, s_x, p_residual, s_residual, p_weight, p_saved_0, p_d_residual_out, s_d_residual_out, p_d_y, s_d_y, p_d_x, s_d_x, p_d_residual, s_d_residual, rg_ws0, rows);
 }
 
 // The column reductions' second step: each column's partials summed in workspace-row order.

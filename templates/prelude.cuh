@@ -43,12 +43,13 @@ template <> struct rg_access<8> { using type = uint2; };
 template <> struct rg_access<16> { using type = uint4; };
 template <> struct rg_access<32> { using type = uint4; };
 
-// Read VEC consecutive elements of a row from column col0 into floats (0 past HIDDEN).
-// WIDE: the launch found every pointer and row stride aligned for VEC-element accesses.
+// Read VEC consecutive elements of a row from column col0 into floats (0 outside [0, HIDDEN): a
+// peeled row's first chunk starts before column 0). WIDE: the launch found the chunk's address
+// aligned for VEC-element accesses (every pointer and row stride, or a peeled row's shifted chunks).
 template <typename T, int VEC, int HIDDEN, bool WIDE>
 __device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC], int line = RG_CALLER_LINE) {
     using A = typename rg_access<VEC * sizeof(T)>::type;
-    if (WIDE && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
+    if (WIDE && col0 >= 0 && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
         constexpr int N = VEC * sizeof(T) / sizeof(A);
         RG_CHECK(row + col0, VEC * sizeof(T), false, line);
         A raw[N];
@@ -61,20 +62,21 @@ __device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC
     } else {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            if (col0 + j < HIDDEN) RG_CHECK(row + col0 + j, sizeof(T), false, line);
-            out[j] = col0 + j < HIDDEN ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
+            const bool inside = (unsigned)(col0 + j) < (unsigned)HIDDEN;
+            if (inside) RG_CHECK(row + col0 + j, sizeof(T), false, line);
+            out[j] = inside ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;
         }
     }
 }
 
-// Write VEC floats, rounded to T, to columns col0.. of a row (nothing past HIDDEN).
+// Write VEC floats, rounded to T, to columns col0.. of a row (nothing outside [0, HIDDEN)).
 template <typename T, int VEC, int HIDDEN, bool WIDE>
 __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC], int line = RG_CALLER_LINE) {
     T elems[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) elems[j] = rg_io<T>::from_float(in[j]);
     using A = typename rg_access<VEC * sizeof(T)>::type;
-    if (WIDE && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
+    if (WIDE && col0 >= 0 && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
         constexpr int N = VEC * sizeof(T) / sizeof(A);
         RG_CHECK(row + col0, VEC * sizeof(T), true, line);
         A raw[N];
@@ -84,7 +86,7 @@ __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC
     } else {
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            if (col0 + j < HIDDEN) {
+            if ((unsigned)(col0 + j) < (unsigned)HIDDEN) {
                 RG_CHECK(row + col0 + j, sizeof(T), true, line);
                 row[col0 + j] = elems[j];
             }
@@ -162,17 +164,23 @@ __device__ __forceinline__ rg_welford rg_welford_combine(rg_welford a, rg_welfor
 // Add the first `valid` of a chunk's VEC values: shifted by the first of them, their mean offset
 // and squared deviations in two passes over registers, then one combine.
 template <int VEC>
-__device__ __forceinline__ void rg_welford_add(rg_welford& w, const float (&x)[VEC], int valid) {
-    const int count = valid < 0 ? 0 : valid > VEC ? VEC : valid;
-    if (count == 0) return;
-    const float shift = x[0];
+__device__ __forceinline__ void rg_welford_add(rg_welford& w, const float (&x)[VEC], int lo, int hi) {
+    // x[lo..hi) are the chunk's columns inside the row (a peeled first chunk starts at lo > 0, the
+    // last one may end at hi < VEC); every index stays static, so x stays in registers.
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > VEC ? VEC : hi;
+    const int count = hi - lo;
+    if (count <= 0) return;
+    float shift = x[0];
+#pragma unroll
+    for (int j = 1; j < VEC; ++j) if (j == lo) shift = x[j];
     float sum = 0.0f;
 #pragma unroll
-    for (int j = 1; j < VEC; ++j) if (j < count) sum += x[j] - shift;
+    for (int j = 1; j < VEC; ++j) if (j > lo && j < hi) sum += x[j] - shift;
     const float offset = sum / (float)count;
     float m2 = 0.0f;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) if (j < count) { const float d = (x[j] - shift) - offset; m2 += d * d; }
+    for (int j = 0; j < VEC; ++j) if (j >= lo && j < hi) { const float d = (x[j] - shift) - offset; m2 += d * d; }
     w = rg_welford_combine(w, {(float)count, shift, offset, m2});
 }
 

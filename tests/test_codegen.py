@@ -50,7 +50,9 @@ def test_heuristic_covers_every_family():
     assert default_config(llama, 65536, "sm_90").family == "cluster-smem"  # the row stays on chip
     assert default_config(llama, 65536, "sm_80").family == "global-staged"  # no clusters: re-read
     assert default_config(rg.catalog.parallel_residual(rg.bf16), 32768).family == "smem-staged"
-    assert default_config(llama, 4097).vec == 1  # odd sizes cannot use vectors
+    odd = default_config(llama, 4097)  # odd sizes still use vectors, through the peeled entry
+    assert odd.vec == 8 and lower(llama, 4097, odd).peels
+    assert default_config(rg.grad(llama), 4097).vec == 1  # column sums belong to fixed columns: no peel
     assert default_config(rg.catalog.llama(rg.f32), 4096).vec == 4  # 16 bytes of f32
 
 
@@ -289,3 +291,15 @@ def test_a_dropout_mask_is_drawn_once_per_row(hidden):
     plan, source = plan_and_source(rg.grad(rg.catalog.bert(rg.bf16)), hidden, None, "sm_90")
     assert source.count("rg_dropout_uniforms<VEC>(") == 1, plan.config
     assert "drop0_bits[it] |=" in source and "(drop0_bits[it] >> j) & 1u" in source
+
+
+@pytest.mark.parametrize("name", CATALOG)
+def test_odd_hidden_kernels_use_128_bit_accesses_without_spills(name):
+    # hidden 4097 is not a multiple of 8: the peeled entry still moves rows 16 bytes at a time.
+    plan, source = plan_and_source(rg.catalog[name](rg.bf16), 4097, None, "sm_90")
+    assert plan.config.vec == 8 and plan.peels
+    binary = compile_for_device(source, plan.name, "sm_90")
+    assert binary.access_bits == {"load": 128, "store": 128}
+    for entry in plan.entries:
+        r = parse_resources(binary.log, entry.name)
+        assert (r.spill_stores, r.spill_loads, r.stack_frame) == (0, 0, 0), (entry.name, r)

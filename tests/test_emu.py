@@ -112,6 +112,32 @@ def test_misaligned_rows_take_the_narrow_entry_point():
     assert k.prepare(**aligned).entry.name == k.plan.name
 
 
+@pytest.mark.parametrize("dt", [rg.f32, rg.bf16], ids=str)
+@pytest.mark.parametrize("name", ["llama", "bert", "gpt2"])
+def test_odd_hidden_rows_take_the_peeled_entry_cold_and_warm(name, dt):
+    # hidden 4097: contiguous rows start at every residue modulo VEC; the peeled entry shifts each
+    # row's chunks to aligned addresses (16-byte accesses) and predicates the ends. Row strides that
+    # disagree modulo VEC, or a misaligned base, fall back to the narrow entry; all stay right.
+    block = rg.catalog[name](dt)
+    k = rg.compile(block, 4097, backend="emu")
+    assert k.config.vec > 1 and [e.name for e in k.plan.entries][1].endswith("_peeled")
+    args = random_inputs(block, (11,), 4097, seed=7)
+    want = rg.reference(block, **args, seed=7)
+    assert k.prepare(**args, seed=7).entry.peel
+    for _ in range(2):  # cold, then the warm path's own entry choice
+        got = k(**args, seed=7)
+        for o in want:
+            assert rg.verification.compare(o, dt, got[o], want[o]).ok, o
+    one = random_inputs(block, (1,), 4097, seed=7)  # a single row starts aligned: the wide entry
+    assert k.prepare(**one, seed=7).entry.name == k.plan.name
+    wide = random_inputs(block, (11,), 4104, seed=7)
+    mixed = {**args, "x": wide["x"][:, 1:4098]}  # x's rows 4104 apart (residue 0), the rest 4097 (residue 1)
+    assert k.prepare(**mixed, seed=7).entry.name.endswith("_narrow")
+    got, want = k(**mixed, seed=7), rg.reference(block, **mixed, seed=7)
+    for o in want:
+        assert rg.verification.compare(o, dt, got[o], want[o]).ok, o
+
+
 @pytest.mark.parametrize("cache", ["registers", "smem", "global"])
 def test_in_place_output_overwrites_its_input(cache):
     block = rg.catalog.llama_fp32_residual(rg.bf16)
@@ -231,7 +257,7 @@ def test_guards_catch_writes_outside_an_output():
 
     block = rg.catalog.llama(rg.f32)
     plan, source = plan_and_source(block, 1000, "tpr=32,rows=4,vec=4")
-    predicated = "            if (col0 + j < HIDDEN) {\n                RG_CHECK(row + col0 + j, sizeof(T), true, line);"
+    predicated = "            if ((unsigned)(col0 + j) < (unsigned)HIDDEN) {\n                RG_CHECK(row + col0 + j, sizeof(T), true, line);"
     broken = source.replace(predicated, "            {\n                RG_CHECK(row + col0 + j, sizeof(T), true, line);")
     # the tail store, unpredicated
     assert predicated in source and broken != source

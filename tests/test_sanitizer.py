@@ -33,8 +33,9 @@ NO_FINAL_CLUSTER_SYNC = replace("    rg_cluster_sync();  // no CTA leaves while 
 EXIT_PAST_LAST_ROW = replace("    const long long src_row", "    if (!in_row) return;\n    const long long src_row")
 NO_TRAILING_BARRIER = replace("    __syncthreads();  // the next row group reuses the reduction scratch\n", "")
 UNPREDICATED_TAIL_LOAD = replace(
-    "            if (col0 + j < HIDDEN) RG_CHECK(row + col0 + j, sizeof(T), false, line);\n"
-    "            out[j] = col0 + j < HIDDEN ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;",
+    "            const bool inside = (unsigned)(col0 + j) < (unsigned)HIDDEN;\n"
+    "            if (inside) RG_CHECK(row + col0 + j, sizeof(T), false, line);\n"
+    "            out[j] = inside ? rg_io<T>::to_float(row[col0 + j]) : 0.0f;",
     "            RG_CHECK(row + col0 + j, sizeof(T), false, line);\n"
     "            out[j] = rg_io<T>::to_float(row[col0 + j]);")
 
@@ -75,7 +76,7 @@ def test_hazards_point_at_the_emitted_source_line():
 
 def test_a_misaligned_wide_access_is_reported():
     block = rg.catalog.llama(rg.bf16)
-    kernel = variant(block, 256, "tpr=32,rows=4,vec=8", replace("_body<false>(", "_body<true>("), sanitize=True)
+    kernel = variant(block, 256, "tpr=32,rows=4,vec=8", replace("_body<false, false>(", "_body<true, false>("), sanitize=True)
     big = random_inputs(block, (4,), 264, seed=2)
     args = {"x": big["x"][:, 4:260], "residual": big["residual"][:, :256], "weight": big["weight"][:256]}
     assert kernel.prepare(**args).entry.name.endswith("_narrow")  # which now makes 16-byte accesses

@@ -25,7 +25,8 @@ def test_search_space_holds_only_valid_configs():
         assert 64 <= c.threads <= 1024 and 4096 % c.vec == 0 and c.vec * 2 <= 16
         assert -(-4096 // (c.threads_per_row * c.vec * c.cluster)) <= MAX_CHUNKS
     assert {c.cache for c in configs} == {"registers", "smem", "global"}
-    assert all(c.vec == 1 for c in enumerate_configs(rg.catalog.llama(rg.bf16), 4097))
+    assert {c.vec for c in enumerate_configs(rg.catalog.llama(rg.bf16), 4097)} == {8, 1}  # peeled, or element-wise
+    assert all(c.vec == 1 for c in enumerate_configs(rg.grad(rg.catalog.llama(rg.bf16)), 4097))
 
 
 def test_clusters_join_the_search_only_where_the_gpu_has_them():

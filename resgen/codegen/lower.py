@@ -115,15 +115,32 @@ def weight_home(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> 
     """Where a persistent forward kernel keeps its weights, loaded once for all its rows: "registers"
     when they fit the budget beside everything else kept there, else "smem" (each thread copies
     its own columns, so no barrier). "" (read per row group, from L1/L2) without `persist`."""
-    if not config.persist or col_sum_count(block) or not block.params_of("weight"):
-        return ""
+    if not config.persist or col_sum_count(block) or not block.params_of("weight") or hidden % config.vec:
+        return ""  # (a peeled row's chunks shift, so a chunk's weight columns change from row to row)
     fits = register_floats(block, hidden, config, arch) + weight_floats(block, hidden, config)
     return "registers" if fits <= register_budget(block, config, arch) else "smem"
 
 
 def chunks_per_thread(hidden: int, config: LaunchConfig) -> int:
-    """How many VEC-wide chunks of a row each thread handles."""
-    return math.ceil(hidden / (config.threads_per_row * config.vec * config.cluster))
+    """How many VEC-wide chunks of a row each thread handles: when VEC does not divide hidden, a
+    peeled row (Entry.peel) starts up to VEC - 1 elements before its first chunk, so they cover as
+    many more."""
+    covered = hidden + (config.vec - 1 if hidden % config.vec else 0)
+    return math.ceil(covered / (config.threads_per_row * config.vec * config.cluster))
+
+
+def peelable(block: Block) -> bool:
+    """Rows whose start is not VEC-aligned can still take 16-byte accesses by shifting their chunks
+    (Entry.peel): not when the kernel sums columns, whose accumulators belong to fixed columns."""
+    return col_sum_count(block) == 0
+
+
+def widest_vec(block: Block, hidden: int) -> int:
+    """The heuristic's vec: the widest of at most 16 bytes that divides hidden, or, for a peelable
+    block with at least 4 chunks' worth of row, the widest of at most 16 bytes."""
+    itemsize = min(d.itemsize for d in row_dtypes(block))
+    return next(v for v in (8, 4, 2, 1) if v * itemsize <= 16 and (
+        hidden % v == 0 or peelable(block) and hidden >= 4 * v))
 
 
 def cached_floats(block: Block, hidden: int, config: LaunchConfig) -> int:
@@ -254,8 +271,7 @@ def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH,
     check_hidden(hidden)
     if block.hidden != hidden:  # the phases and reductions that size shared memory are the lowered block's
         block = pipeline(block, hidden)
-    itemsize = min(d.itemsize for d in row_dtypes(block))
-    vec = next(v for v in (8, 4, 2, 1) if hidden % v == 0 and v * itemsize <= 16)
+    vec = widest_vec(block, hidden)
     vectors = math.ceil(hidden / vec)
     tpr = _pow2_ceil(math.ceil(vectors / 4))
     if tpr <= 32:
@@ -293,7 +309,7 @@ def persistent_variant(block: Block, hidden: int, choice: LaunchConfig, target: 
             check_config(block, hidden, config, target)
         except PlanError:
             continue
-        if persist * per_cta >= IN_FLIGHT_TARGET:
+        if persist * per_cta >= IN_FLIGHT_TARGET and weight_home(block, hidden, config, target):
             fits.append(config)
     if not fits:
         return choice
@@ -352,7 +368,7 @@ def _fit(block: Block, hidden: int, target: Arch, choice: LaunchConfig, fixed: d
                   for combo in itertools.product(*(_SPACE[k] for k in free))]
     first_error = None
     for values in sorted(candidates, key=distance):
-        if values["vec"] > 1 and hidden % values["vec"] and "vec" not in fixed:
+        if values["vec"] > 1 and hidden % values["vec"] and "vec" not in fixed and not peelable(block):
             continue
         try:
             config = LaunchConfig(**values)
@@ -564,7 +580,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
         phases=tuple(phases),
         uses_dropout=uses_dropout,
         reductions=len(reductions),
-        entries=_entries(low, kernel_name(low, hidden, config), config.vec),
+        entries=_entries(low, kernel_name(low, hidden, config), config.vec, hidden),
         col_sums=col_sums,
         held=tuple(held.values()),
         persistent_ctas=persistent_ctas(config) if col_sums else target.sms * config.persist // config.cluster,
@@ -603,13 +619,15 @@ def _min_ctas(block: Block, hidden: int, config: LaunchConfig, target: Arch) -> 
     return max(1, min(want, target.max_threads_per_sm // config.threads, by_regs))
 
 
-def _entries(block: Block, name: str, vec: int) -> tuple[Entry, ...]:
-    """The wide entry point, and a narrow one for rows or weights not aligned for VEC elements."""
+def _entries(block: Block, name: str, vec: int, hidden: int) -> tuple[Entry, ...]:
+    """The wide entry point; a peeled one when VEC does not divide hidden (rows start unaligned,
+    see Entry); and a narrow one for tensors not aligned for VEC elements."""
     itemsizes = [p.dtype.itemsize for p in block.params if p.op != "scalar"] + [o.dtype.itemsize for o in block.outputs]
     align = max(min(16, vec * size) for size in itemsizes)
     if vec == 1:
         return (Entry(name, True, align),)
-    return (Entry(name, True, align), Entry(f"{name}_narrow", False, 1))
+    peel = (Entry(f"{name}_peeled", True, align, peel=True),) if hidden % vec and peelable(block) else ()
+    return (Entry(name, True, align), *peel, Entry(f"{name}_narrow", False, 1))
 
 
 def _abi(block: Block, row_in: dict[str, RowTensor], row_out: dict[str, RowTensor], dropout: bool,

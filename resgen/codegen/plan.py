@@ -315,11 +315,14 @@ class Param:
 
 @dataclass(frozen=True)
 class Entry:
-    """A __global__ entry point: `wide` ones need every row and weight aligned for VEC-element access."""
+    """A __global__ entry point: `wide` ones need every row and weight aligned for VEC-element access;
+    a `peel` one (hidden not a multiple of VEC) needs only aligned row bases and row strides equal
+    modulo VEC, and shifts each row's chunks to aligned addresses."""
 
     name: str
     wide: bool
     align: int  # bytes every pointer and row stride must be a multiple of
+    peel: bool = False
 
 
 @dataclass(frozen=True)
@@ -364,6 +367,11 @@ class KernelPlan:
     @property
     def threads(self) -> int:
         return self.config.threads
+
+    @property
+    def peels(self) -> bool:
+        """The kernel has a _peeled entry (see Entry)."""
+        return any(e.peel for e in self.entries)
 
     @property
     def trailing_barrier(self) -> bool:

@@ -35,6 +35,7 @@ class Launch:
     strides_aligned: bool = True
     finalize: tuple[tuple[str, int | float], ...] | None = None  # the column reductions' second kernel
     scratch: dict[str, torch.Tensor] = field(default_factory=dict)  # their workspaces, alive for the call
+    peel_strides: bool = False  # the row strides agree modulo VEC (choose_entry)
 
     def kernel_params(self) -> tuple[ctypes.Array, list[ctypes._SimpleCData]]:
         """The `void* args[]` array both backends launch with, and the values it points to (keep alive)."""
@@ -148,8 +149,9 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
     row_tensors = [(inputs | outputs)[n] for n in strides]
     strides_aligned = rows <= 1 or all(
         (s * t.element_size()) % wide.align == 0 for s, t in zip(strides.values(), row_tensors, strict=True))
-    aligned = strides_aligned and all(t.data_ptr() % wide.align == 0 for t in row_tensors + list(weights.values()))
-    entry = wide if aligned else plan.entries[-1]
+    peel_strides = len({s % plan.config.vec for s in strides.values()}) == 1
+    entry = choose_entry(plan, strides_aligned, peel_strides, [t.data_ptr() for t in row_tensors],
+                         [t.data_ptr() for t in weights.values()])
 
     workspaces = {c.ws: torch.empty((plan.partials(rows), hidden), dtype=torch.float32, device=device)
                   for c in plan.col_sums}
@@ -175,7 +177,22 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
         raise LaunchError(f"{rows} rows need {plan.grid(rows)} CTAs, over CUDA's 2**31 - 1")
     finalize = tuple(value(p) for p in plan.finalize_params) if plan.finalize else None
     return Launch(entry, args, plan.grid(rows), plan.threads, plan.smem_bytes, outputs, strides_aligned,
-                  finalize, workspaces)
+                  finalize, workspaces, peel_strides)
+
+
+def choose_entry(plan: KernelPlan, strides_aligned: bool, peel_strides: bool, rows: list[int],
+                 weights: list[int]) -> Entry:
+    """The wide entry when every row start and weight is aligned; else the peeled one (if the plan
+    has it) when the row tensors' bases are aligned and their strides agree modulo VEC (each row
+    then shifts to an aligned chunk); else the narrow one. `rows`, `weights`: data pointers."""
+    wide = plan.entries[0]
+    rows_aligned = all(ptr % wide.align == 0 for ptr in rows)
+    if strides_aligned and rows_aligned and all(ptr % wide.align == 0 for ptr in weights):
+        return wide
+    peel = next((e for e in plan.entries if e.peel), None)
+    if peel is not None and peel_strides and rows_aligned:
+        return peel
+    return plan.entries[-1]
 
 
 @dataclass
@@ -216,11 +233,13 @@ class LaunchTemplate:
 
     plan: KernelPlan
     strides_aligned: bool
+    peel_strides: bool
     arguments: ArgumentSlots
     allocate: tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
     aliases: tuple[tuple[str, str], ...]  # in-place output -> its input
     outputs: tuple[str, ...]
-    checked: tuple[str, ...]  # tensors whose pointers decide wide vs narrow
+    rows: tuple[str, ...]  # row tensors, whose pointers decide the entry (choose_entry)
+    weights: tuple[str, ...]  # and weights
     extents: dict[str, int]  # bytes each tensor spans from its data pointer
     pairs: tuple[tuple[str, str], ...]  # (written, other) that must not overlap
     grid: int
@@ -237,13 +256,15 @@ class LaunchTemplate:
         return cls(
             plan=plan,
             strides_aligned=launch.strides_aligned,
+            peel_strides=launch.peel_strides,
             arguments=ArgumentSlots.of(plan.params, launch.args),
             allocate=tuple((o.name, tuple(launch.outputs[o.name].shape), o.dtype.torch_dtype)
                            for o in block.outputs if o.name not in tensors and not o.inplace),
             aliases=tuple(inplace.items()),
             outputs=tuple(o.name for o in block.outputs),
-            checked=tuple(p.name for p in block.params if p.op in ("input", "weight")) + tuple(
+            rows=tuple(p.name for p in block.params if p.op == "input") + tuple(
                 o.name for o in block.outputs if o.node.kind is Kind.ROW and not o.inplace),
+            weights=tuple(p.name for p in block.params if p.op == "weight"),
             extents={n: byte_span(t)[1] - byte_span(t)[0] for n, t in everything.items()},
             pairs=tuple(overlap_pairs(block)),
             grid=launch.grid,
@@ -270,11 +291,10 @@ class LaunchTemplate:
         for a, b in self.pairs:
             if ptr[a] < ptr[b] + self.extents[b] and ptr[b] < ptr[a] + self.extents[a]:
                 return None
-        wide = self.plan.entries[0]
-        aligned = self.strides_aligned and all(ptr[n] % wide.align == 0 for n in self.checked)
+        entry = choose_entry(self.plan, self.strides_aligned, self.peel_strides, [ptr[n] for n in self.rows],
+                             [ptr[n] for n in self.weights])
         call = {"seed": seed, "offset": offset}
         for slots in (self.arguments, self.finalize):
             if slots is not None:
                 slots.fill(ptr, scalars, call)
-        entry = wide if aligned else self.plan.entries[-1]
         return entry, {n: tensors[n] for n in self.outputs}

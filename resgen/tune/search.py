@@ -11,7 +11,7 @@ from typing import Any
 from resgen.codegen import LaunchConfig, lower, render
 from resgen.codegen.arch import DEFAULT_ARCH, get_arch
 from resgen.codegen.cost import occupancy
-from resgen.codegen.lower import default_config, persistent_variant, row_dtypes
+from resgen.codegen.lower import default_config, persistent_variant, row_dtypes, widest_vec
 from resgen.errors import PlanError
 from resgen.ir.block import Block
 from resgen.passes import pipeline
@@ -36,12 +36,13 @@ class Candidate:
 
 def enumerate_configs(block: Block, hidden: int, arch: str = DEFAULT_ARCH) -> list[LaunchConfig]:
     """The search space: power-of-two threads per row, CTAs of 64 to 1024 threads, the two widest
-    vectors of at most 16 bytes that divide hidden, every row cache; and for rows of at least
+    vectors of at most 16 bytes (dividing hidden, or peeled: `widest_vec`), every row cache; and for rows of at least
     CLUSTER_MIN_HIDDEN on GPUs with clusters, 2 to 8 CTAs of 256 to 1024 threads per row. Each
     register-cached config also comes persistent (`persistent_variant`) where that fits, and the
     heuristic's own choice is always in."""
     itemsize = min(d.itemsize for d in row_dtypes(block))
-    vecs = [v for v in (8, 4, 2, 1) if v * itemsize <= 16 and hidden % v == 0][:2]  # the widest two
+    dividing = [v for v in (8, 4, 2, 1) if v * itemsize <= 16 and hidden % v == 0]
+    vecs = list(dict.fromkeys([widest_vec(block, hidden), *dividing]))[:2]  # the widest two (peeled or not)
     configs = []
     for tpr in _POW2:
         for rows in _POW2:
