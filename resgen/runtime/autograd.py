@@ -41,10 +41,6 @@ class Training:
         return found
 
 
-def needs_grad(kwargs: dict[str, Any]) -> bool:
-    return torch.is_grad_enabled() and any(isinstance(v, torch.Tensor) and v.requires_grad for v in kwargs.values())
-
-
 def call_with_grad(kernel: Kernel, kwargs: dict[str, Any]) -> Outputs:
     """Run `kernel` on `kwargs` so that its outputs carry a grad_fn (see the module docstring)."""
     block = kernel.block

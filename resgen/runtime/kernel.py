@@ -14,7 +14,7 @@ from resgen.codegen.arch import DEFAULT_ARCH
 from resgen.codegen.plan import KernelPlan
 from resgen.errors import BackendUnavailableError, LaunchError, PlanError
 from resgen.ir.block import Block
-from resgen.runtime.autograd import Training, call_with_grad, needs_grad
+from resgen.runtime.autograd import Training, call_with_grad
 from resgen.runtime.compile import compile_for_device
 from resgen.runtime.launch import Launch, LaunchTemplate, prepare
 from resgen.runtime.nvrtc import Resources, parse_resources
@@ -75,6 +75,7 @@ class Kernel:
         self._templates: dict[tuple, LaunchTemplate] = {}
         self._scalars = tuple(p.name for p in block.params_of("scalar"))
         self._lock = threading.Lock()
+        self._sanitizing = getattr(backend, "sanitize", False)
         self.training: Training | None = None  # the kernels autograd uses, compiled on the first such call
 
     @property
@@ -105,14 +106,21 @@ class Kernel:
         no allocation but the outputs not passed in, no synchronization, capturable in a CUDA graph.
         With grad mode on and a row input or weight that requires grad, the call is an autograd op
         (resgen.runtime.autograd): its outputs carry a grad_fn whose backward is a generated kernel."""
-        if needs_grad(kwargs):  # an autograd op: the training forward now, the generated backward later
-            return call_with_grad(self, kwargs)
-        key = tuple((k, v.shape, v.stride(), v.dtype, v.device) if isinstance(v, torch.Tensor) else (k, None)
-                    for k, v in kwargs.items())
+        # One pass over the arguments: the layout key, and whether this call records gradients.
+        grad_mode = torch.is_grad_enabled()
+        key, tensors = [], {}
+        for k, v in kwargs.items():
+            if isinstance(v, torch.Tensor):
+                if grad_mode and v.requires_grad:  # an autograd op: the training forward now, the backward later
+                    return call_with_grad(self, kwargs)
+                tensors[k] = v
+                key.append((k, v.shape, v.stride(), v.dtype, v.device))
+            else:
+                key.append((k, None))
+        key = tuple(key)
         template = self._templates.get(key)
         if template is not None:
-            tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-            scalars = {n: check_scalar(n, kwargs[n]) for n in self._scalars}
+            scalars = {n: check_scalar(n, kwargs[n]) for n in self._scalars} if self._scalars else {}
             seed, offset = check_int64("seed", kwargs.get("seed", 0)), check_int64("offset", kwargs.get("offset", 0))
             with self._lock:
                 filled = template.fill(tensors, scalars, seed, offset)
@@ -137,8 +145,7 @@ class Kernel:
             self._finalize(params, device)
         if launch.grid:
             if len(self._templates) < self.MAX_TEMPLATES:
-                tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-                self._templates[key] = LaunchTemplate.of(self.block, self.plan, launch, tensors)
+                self._templates[key] = LaunchTemplate.of(self.block, self.plan, launch, dict(tensors))
         return Outputs(launch.outputs)
 
     def _finalize(self, params: ctypes.Array, device: torch.device) -> None:
@@ -148,7 +155,7 @@ class Kernel:
 
     def _observe(self, tensors: dict[str, torch.Tensor]) -> None:
         """A sanitizing backend learns the memory of this call's tensors before the launch."""
-        if getattr(self._backend, "sanitize", False):
+        if self._sanitizing:
             self._backend.observe(tensors)
 
     def __repr__(self) -> str:

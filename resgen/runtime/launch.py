@@ -197,33 +197,38 @@ def choose_entry(plan: KernelPlan, strides_aligned: bool, peel_strides: bool, ro
 
 @dataclass
 class ArgumentSlots:
-    """One kernel's reused argument storage on the warm path: where each ABI value comes from
-    (a tensor's pointer, a runtime scalar, seed or offset, or a constant of the layout) and the
-    ctypes values `params` points at (cuLaunchKernel copies them at launch)."""
+    """One kernel's reused argument storage on the warm path: the ctypes values `params` points at
+    (cuLaunchKernel copies them at launch), the layout's constants written once, and per call only
+    what changes: tensor pointers, runtime scalars, seed and offset."""
 
-    sources: tuple[tuple[str, int | float | str], ...]  # per ABI param: (source, name or value)
+    pointers: tuple[tuple[ctypes._SimpleCData, str], ...]  # (slot, tensor name)
+    scalars: tuple[tuple[ctypes._SimpleCData, str], ...]  # (slot, scalar name)
+    calls: tuple[tuple[ctypes._SimpleCData, str], ...]  # (slot, "seed" | "offset")
     values: list[ctypes._SimpleCData]
     params: ctypes.Array
 
     @classmethod
     def of(cls, params: tuple[Param, ...], args: tuple[tuple[str, int | float], ...]) -> ArgumentSlots:
-        sources = []
-        for p, (_, value) in zip(params, args, strict=True):
-            if p.role in POINTER_ROLES:
-                sources.append(("ptr", p.name))
-            elif p.role == "scalar":
-                sources.append(("scalar", p.name))
-            elif p.role in ("seed", "offset"):
-                sources.append(("call", p.role))
-            else:
-                sources.append(("const", value))
         values = [_CTYPES[kind](0) for kind, _ in args]
-        return cls(tuple(sources), values, param_array(values))
+        pointers, scalars, calls = [], [], []
+        for slot, p, (_, value) in zip(values, params, args, strict=True):
+            if p.role in POINTER_ROLES:
+                pointers.append((slot, p.name))
+            elif p.role == "scalar":
+                scalars.append((slot, p.name))
+            elif p.role in ("seed", "offset"):
+                calls.append((slot, p.role))
+            else:
+                slot.value = value  # a constant of the layout: strides, rows, parts
+        return cls(tuple(pointers), tuple(scalars), tuple(calls), values, param_array(values))
 
     def fill(self, ptr: dict[str, int], scalars: dict[str, float], call: dict[str, int]) -> None:
-        for value, (source, key) in zip(self.values, self.sources, strict=True):
-            value.value = ptr[key] if source == "ptr" else scalars[key] if source == "scalar" else (
-                call[key] if source == "call" else key)
+        for slot, name in self.pointers:
+            slot.value = ptr[name]
+        for slot, name in self.scalars:
+            slot.value = scalars[name]
+        for slot, name in self.calls:
+            slot.value = call[name]
 
 
 @dataclass
@@ -240,8 +245,7 @@ class LaunchTemplate:
     outputs: tuple[str, ...]
     rows: tuple[str, ...]  # row tensors, whose pointers decide the entry (choose_entry)
     weights: tuple[str, ...]  # and weights
-    extents: dict[str, int]  # bytes each tensor spans from its data pointer
-    pairs: tuple[tuple[str, str], ...]  # (written, other) that must not overlap
+    pairs: tuple[tuple[str, str, int, int], ...]  # (written, other, their byte extents) that must not overlap
     grid: int
     threads: int
     smem_bytes: int
@@ -253,6 +257,12 @@ class LaunchTemplate:
     def of(cls, block: Block, plan: KernelPlan, launch: Launch, tensors: dict[str, torch.Tensor]) -> LaunchTemplate:
         inplace = {o.name: o.inplace for o in block.outputs if o.inplace}
         everything = {**tensors, **launch.outputs}
+        fresh = {o.name for o in block.outputs if o.name not in tensors and not o.inplace}
+
+        def extent(t: torch.Tensor) -> int:
+            lo, hi = byte_span(t)
+            return hi - lo
+
         return cls(
             plan=plan,
             strides_aligned=launch.strides_aligned,
@@ -265,8 +275,10 @@ class LaunchTemplate:
             rows=tuple(p.name for p in block.params if p.op == "input") + tuple(
                 o.name for o in block.outputs if o.node.kind is Kind.ROW and not o.inplace),
             weights=tuple(p.name for p in block.params if p.op == "weight"),
-            extents={n: byte_span(t)[1] - byte_span(t)[0] for n, t in everything.items()},
-            pairs=tuple(overlap_pairs(block)),
+            # an output the template allocates is fresh memory: it overlaps nothing, so only the
+            # pairs of tensors the caller passes are checked per call
+            pairs=tuple((a, b, extent(everything[a]), extent(everything[b])) for a, b in overlap_pairs(block)
+                        if not {a, b} & fresh),
             grid=launch.grid,
             threads=launch.threads,
             smem_bytes=launch.smem_bytes,
@@ -288,8 +300,8 @@ class LaunchTemplate:
                 return None  # not the input it overwrites: the checked path says so
             tensors[out] = tensors[source]
         ptr = {n: t.data_ptr() for n, t in tensors.items()}
-        for a, b in self.pairs:
-            if ptr[a] < ptr[b] + self.extents[b] and ptr[b] < ptr[a] + self.extents[a]:
+        for a, b, extent_a, extent_b in self.pairs:
+            if ptr[a] < ptr[b] + extent_b and ptr[b] < ptr[a] + extent_a:
                 return None
         entry = choose_entry(self.plan, self.strides_aligned, self.peel_strides, [ptr[n] for n in self.rows],
                              [ptr[n] for n in self.weights])
