@@ -56,7 +56,8 @@ def _resolve(args: argparse.Namespace):
 def _plan_and_source(args: argparse.Namespace):
     from resgen.codegen import plan_and_source
 
-    return plan_and_source(_resolve(args), args.hidden, args.config, args.arch or DEFAULT_ARCH)
+    rows = getattr(args, "rows", None)  # inspect: the heuristic plans for the rows the cost model assumes
+    return plan_and_source(_resolve(args), args.hidden, args.config, args.arch or DEFAULT_ARCH, rows)
 
 
 def _cmd_emit(args: argparse.Namespace) -> int:
@@ -271,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prediction (DRAM bytes against the ideal, loads in flight, waves, fraction "
                                    "of copy bandwidth).")
     _add_kernel_args(p)
-    p.add_argument("--rows", type=int, default=32768, help="rows the cost model assumes (default 32768)")
+    p.add_argument("--rows", type=int, default=32768, help="rows the heuristic plans for and the cost model assumes (default 32768)")
     p.add_argument("--json", action="store_true", help="print the cost model's report as one JSON object")
     p.set_defaults(func=_cmd_inspect)
 

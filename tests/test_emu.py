@@ -318,3 +318,23 @@ def test_one_pass_variance_is_as_accurate_as_two_passes_on_adversarial_rows(hidd
                     and torch.allclose(want[o.name].double(), exact, rtol=1e-6))
         rel = ((got[rstd].double() - exact).abs() / exact).max().item()
         assert rel < 1e-6, (mean, std, rel)  # float32 rounding of the variance, no cancellation
+
+
+@pytest.mark.parametrize("hidden, rows", [(65536, 3), (262144, 2)])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
+def test_rows_too_large_for_a_cta_verify_as_clusters(name, hidden, rows):
+    # The heuristic keeps these rows on chip across a cluster (sm_90); the emulator runs the cluster.
+    report = rg.verify(rg.catalog[name](rg.bf16), hidden, rows, backend="emu", seed=rows)
+    assert report.ok and LaunchConfig.parse(str(report.config)).cluster > 1, report.table()
+
+
+@pytest.mark.parametrize("hidden, rows, cluster", [(16384, 1, 8), (16384, 64, 4), (65536, 5, 8), (4096, 3, 2)])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bert"])
+def test_few_rows_spread_over_clusters_when_compile_knows_the_rows(name, hidden, rows, cluster):
+    # Decode-sized calls: one CTA per row would leave the GPU idle, so the row is split over a cluster.
+    block = rg.catalog[name](rg.bf16)
+    kernel = rg.compile(block, hidden, backend="emu", rows=rows)
+    assert kernel.config.cluster == cluster and kernel.config.persist == 0, kernel.config
+    assert rg.compile(block, hidden, backend="emu", rows=32768).config.cluster < cluster
+    report = rg.verification.verify_kernel(kernel, rows, seed=rows)
+    assert report.ok, report.table()

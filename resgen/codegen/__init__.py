@@ -13,10 +13,13 @@ __all__ = ["KernelPlan", "LaunchConfig", "default_config", "emit", "lower", "pla
 
 
 def plan_and_source(block: Block, hidden: int, config: LaunchConfig | str | None = None,
-                    arch: str = DEFAULT_ARCH) -> tuple[KernelPlan, str]:
-    """The plan and CUDA source of `block` at `hidden`; `config` may be a LaunchConfig or 'k=v,...'."""
+                    arch: str = DEFAULT_ARCH, rows: int | None = None) -> tuple[KernelPlan, str]:
+    """The plan and CUDA source of `block` at `hidden`; `config` may be a LaunchConfig or 'k=v,...';
+    `rows`, when known, lets the heuristic spread few rows over clusters (default_config)."""
     if isinstance(config, str):
-        config = default_config(block, hidden, arch, fixed=LaunchConfig.fields_of(config))
+        config = default_config(block, hidden, arch, fixed=LaunchConfig.fields_of(config), rows=rows)
+    elif config is None and rows is not None:
+        config = default_config(block, hidden, arch, rows=rows)
     elif config is not None and not isinstance(config, LaunchConfig):
         raise PlanError(f"config must be a LaunchConfig or a 'tpr=..,rows=..' string, got {type(config).__name__}")
     plan = lower(block, hidden, config, arch)

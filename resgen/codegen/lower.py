@@ -261,12 +261,13 @@ def check_config(block: Block, hidden: int, config: LaunchConfig, arch: Arch) ->
 
 
 def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH,
-                   fixed: Mapping[str, Any] | None = None) -> LaunchConfig:
+                   fixed: Mapping[str, Any] | None = None, rows: int | None = None) -> LaunchConfig:
     """The heuristic's choice: 16-byte vectors where hidden allows, a warp (or less) per row for
     small rows, a CTA per row for large ones, and the cheapest row cache that fits.
 
     `fixed` holds fields the user set (LaunchConfig field names): the result keeps them and
-    changes as few of the heuristic's other fields as it must for the config to fit."""
+    changes as few of the heuristic's other fields as it must for the config to fit. `rows`, when
+    the caller knows it, lets too few rows to fill the GPU spread each row over a cluster (`_few_rows`)."""
     target = get_arch(arch)
     check_hidden(hidden)
     if block.hidden != hidden:  # the phases and reductions that size shared memory are the lowered block's
@@ -288,8 +289,37 @@ def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH,
             continue
     if choice is None:  # nothing fits at this shape (e.g. column-reduction accumulators): search for one
         return _fit(block, hidden, target, LaunchConfig(tpr, rows_per_cta, vec, "global"), dict(fixed or {}))
-    choice = persistent_variant(block, hidden, choice, target)
+    if rows is not None and rows < target.sms:  # too few rows for one per SM: none would loop
+        choice = _few_rows(block, hidden, choice, target, rows)
+    else:
+        choice = persistent_variant(block, hidden, choice, target)
     return _fit(block, hidden, target, choice, dict(fixed)) if fixed else choice
+
+
+#: A CTA of a row split over a cluster keeps at least this many vectors (of `vec`) of it.
+MIN_CLUSTER_SHARE = 256
+
+
+def _few_rows(block: Block, hidden: int, choice: LaunchConfig, target: Arch, rows: int) -> LaunchConfig:
+    """With fewer rows than the GPU has SMs (decode: 1 to 64 rows), a CTA (or small cluster) per row
+    leaves most SMs idle and each row's bytes behind few SMs' bandwidth: on sm_90+ split each row
+    over the largest cluster (up to 8 CTAs, each keeping at least MIN_CLUSTER_SHARE vectors, no more
+    than two per SM in all) that fits, so rows x cluster SMs share the work. Forward kernels only
+    (a column sum's grid is fixed)."""
+    if not target.clusters or choice.rows_per_cta != 1 or col_sum_count(block):
+        return choice
+    vectors = math.ceil(hidden / choice.vec)
+    for cluster in (c for c in (8, 4, 2) if c > choice.cluster):
+        if vectors // cluster < MIN_CLUSTER_SHARE or rows * cluster > 2 * target.sms:
+            continue
+        for cache in ("registers", "smem"):
+            config = LaunchConfig(_cta_threads(math.ceil(vectors / cluster)), 1, choice.vec, cache, cluster)
+            try:
+                check_config(block, hidden, config, target)
+            except PlanError:
+                continue
+            return config
+    return choice
 
 
 def persistent_variant(block: Block, hidden: int, choice: LaunchConfig, target: Arch) -> LaunchConfig:

@@ -169,7 +169,8 @@ def compile(block: Block, hidden: int, backend: str = "auto", config: LaunchConf
 
     backend: "cuda" (a GPU through CuPy), "emu" (the CPU emulator) or "auto" (cuda when usable).
     config: a LaunchConfig or "tpr=..,vec=.." overrides; None takes what `resgen tune` stored for
-    this block, size and GPU (`rows` picks the rows bucket), else the heuristic's choice.
+    this block, size and GPU (`rows` picks the rows bucket), else the heuristic's choice (which,
+    given `rows`, spreads too few rows to fill the GPU over thread-block clusters).
     sanitize: build the emu kernel with the sanitizer (rg.verify(..., sanitize=True) reads it).
     """
     if not isinstance(block, Block):
@@ -186,7 +187,7 @@ def compile(block: Block, hidden: int, backend: str = "auto", config: LaunchConf
         from resgen.tune.db import lookup
 
         config = lookup(block, hidden, torch.cuda.get_device_name(), arch, rows)
-    plan, source = plan_and_source(block, hidden, config, arch)
+    plan, source = plan_and_source(block, hidden, config, arch, rows)
     if name == "emu":
         from resgen.runtime.emu import EmuBackend
 

@@ -248,7 +248,8 @@ def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], again
                                                                               device=device))
             timer = dry_timer(nbytes) if dry_run else (
                 time_cuda if mode == "forward" else partial(time_cuda, use_graph=False))
-            for system, factory in factories.items():
+            for system, factory in {**factories, **_few_rows_system(case, hidden, rows, mode, backend, kernels,
+                                                                     configs, predictions)}.items():
                 fn = factory()
 
                 def run(i: int, fn: Callable = fn, sets: LazySets = sets) -> object:
@@ -285,6 +286,24 @@ def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], again
         if checkpoint is not None and (hidden, mode) == (hiddens[-1], modes[-1]):
             checkpoint(records, True)
     return records
+
+
+def _few_rows_system(case: Case, hidden: int, rows: int, mode: str, backend: str, kernels: dict, configs: dict,
+                     predictions: dict) -> dict[str, Callable[[], Callable]]:
+    """`resgen-rows`: the forward kernel `rg.compile(..., rows=rows)` builds when the heuristic plans
+    for these few rows (clusters spreading each row, `default_config`), where that differs from
+    the per-hidden kernel the other rows use. Its config and prediction join `configs` and
+    `predictions` under that name (each rows value replaces the last)."""
+    import resgen as rg
+
+    if mode != "forward" or "resgen" not in kernels:
+        return {}
+    kernel = rg.compile(case.block, hidden, backend=backend, rows=rows)
+    if kernel.config == kernels["resgen"].config:
+        return {}
+    configs["resgen-rows"] = kernel.config
+    predictions["resgen-rows"] = lambda r, k=kernel: cost(k.plan, k.resources[k.plan.entries[0].name], r).predicted_fraction
+    return {"resgen-rows": lambda k=kernel: (lambda a: k(**a))}
 
 
 def mode_bytes(block: Block, mode: str, rows: int, hidden: int) -> int:
