@@ -303,3 +303,19 @@ def test_odd_hidden_kernels_use_128_bit_accesses_without_spills(name):
     for entry in plan.entries:
         r = parse_resources(binary.log, entry.name)
         assert (r.spill_stores, r.spill_loads, r.stack_frame) == (0, 0, 0), (entry.name, r)
+
+
+def test_the_cost_model_sees_few_rows_reach_more_sms_as_clusters():
+    # 64 rows of 16384: a CTA per row keeps 64 of 132 SMs busy with one CTA each; a cluster of 4
+    # per row spreads them over every SM.
+    from resgen.codegen.cost import cost
+
+    def report(config):
+        plan, source = plan_and_source(rg.catalog.llama(rg.bf16), 16384, config, "sm_90", rows=64)
+        binary = compile_for_device(source, plan.name, "sm_90")
+        return plan, cost(plan, parse_resources(binary.log, plan.entries[0].name), 64)
+
+    plan, few = report(None)
+    assert plan.config.cluster == 4 and few.waves == 1
+    _, one_per_row = report("tpr=512,rows=1,vec=8,cache=registers,cluster=1")
+    assert few.predicted_fraction > 1.5 * one_per_row.predicted_fraction, (few, one_per_row)

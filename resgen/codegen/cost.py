@@ -116,10 +116,13 @@ def cost(plan: KernelPlan, resources: Resources, rows: int) -> CostReport:
     hbm = ideal + (reread if reread and reread_set > target.l2_bytes else 0)
     grid = plan.grid(rows)
     groups = math.ceil(rows / plan.config.rows_per_cta)
-    if plan.persistent and grid <= slots:  # every CTA resident at once, each looping over its row groups
-        resident = min(per_sm, math.ceil(grid / target.sms))
-        waves, rounds = 1, math.ceil(groups / (grid // plan.config.cluster)) if grid else 0
-        busy = (groups / (rounds * grid // plan.config.cluster) if grid else 0.0) * min(1.0, grid / (resident * target.sms))
+    if grid <= slots:  # one wave: the CTAs spread over the SMs, ceil(grid / SMs) on the busiest
+        resident = max(1, min(per_sm, math.ceil(grid / target.sms)))
+        waves = 1
+        busy = min(1.0, grid / (resident * target.sms))
+        if plan.persistent and grid:  # each CTA loops over its row groups; the last round may be partial
+            clusters = grid // plan.config.cluster
+            busy *= groups / (math.ceil(groups / clusters) * clusters)
     else:
         resident = per_sm
         waves = max(1, math.ceil(grid / slots))
