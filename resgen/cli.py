@@ -171,12 +171,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     arch = args.arch or (device_arch() if gpu_missing is None else DEFAULT_ARCH)
     print(f"pruning launch configs for {block.name} hidden={args.hidden} on {arch} (NVRTC, no GPU time)")
     survivors, dropped = prune(block, args.hidden, arch, progress=print if args.verbose else None,
-                               budget_s=args.budget)
+                               budget_s=args.budget, rows=args.rows)
     print(f"{len(survivors)} candidates survive; dropped: " + ", ".join(f"{v} by {k}" for k, v in dropped.items() if v))
     if gpu_missing is not None:
-        print(f"measurement needs a GPU: {gpu_missing}. Candidates (best occupancy first):")
-        for c in sorted(survivors, key=lambda c: -c.occupancy)[:10]:
-            print(f"  {c.config}  {c.registers} registers, occupancy {c.occupancy:.0%}")
+        print(f"measurement needs a GPU: {gpu_missing}. Candidates (best predicted first, at {args.rows} rows):")
+        for c in survivors[:10]:
+            print(f"  {c.config}  predicted {c.predicted:.0%} of copy, {c.registers} registers, "
+                  f"occupancy {c.occupancy:.0%}")
         return 0
     import datetime
 

@@ -209,3 +209,12 @@ def test_bench_grad_steps_compute_the_gradients_torch_does(name, mode):
         assert theirs is not None and torch.equal(ours, repeat)
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
     assert torch.equal(args["residual"], random_inputs(case.block, (5,), 256, seed=2)["residual"])  # not overwritten
+
+
+def test_pruning_ranks_survivors_by_the_cost_model():
+    # (the configs the pruning test above compiles: NVRTC's cache serves them)
+    survivors, _ = prune(rg.catalog.gpt2(rg.bf16), 8192, "sm_90", progress=lambda _: None, rows=32768)
+    predicted = [c.predicted for c in survivors]
+    assert predicted == sorted(predicted, reverse=True) and predicted[0] > 0.5
+    heuristic = rg.compile(rg.catalog.gpt2(rg.bf16), 8192, backend="emu").config
+    assert heuristic in {c.config for c in survivors}

@@ -10,7 +10,7 @@ from typing import Any
 
 from resgen.codegen import LaunchConfig, lower, render
 from resgen.codegen.arch import DEFAULT_ARCH, get_arch
-from resgen.codegen.cost import occupancy
+from resgen.codegen.cost import cost, occupancy
 from resgen.codegen.lower import default_config, persistent_variant, row_dtypes, widest_vec
 from resgen.errors import PlanError
 from resgen.ir.block import Block
@@ -32,6 +32,7 @@ class Candidate:
     config: LaunchConfig
     registers: int
     occupancy: float
+    predicted: float = 0.0  # the cost model's fraction of copy bandwidth at the rows tuned for
 
 
 def enumerate_configs(block: Block, hidden: int, arch: str = DEFAULT_ARCH) -> list[LaunchConfig]:
@@ -71,8 +72,10 @@ def enumerate_configs(block: Block, hidden: int, arch: str = DEFAULT_ARCH) -> li
 
 
 def prune(block: Block, hidden: int, arch: str, progress: Callable[[str], None] | None = None,
-          budget_s: float | None = None) -> tuple[list[Candidate], dict[str, int]]:
-    """Candidates that pass the plan's rules, compile with zero spills, and reach MIN_OCCUPANCY.
+          budget_s: float | None = None, rows: int = 32768) -> tuple[list[Candidate], dict[str, int]]:
+    """Candidates that pass the plan's rules, compile with zero spills, and reach MIN_OCCUPANCY,
+    best first by the cost model's prediction at `rows` (then occupancy), so a GPU budget is spent
+    on the likeliest winners.
 
     Returns the survivors and how many were dropped for each reason. No GPU time is spent.
     `progress` gets a line per survivor; without it a progress bar runs on stderr.
@@ -102,9 +105,12 @@ def prune(block: Block, hidden: int, arch: str, progress: Callable[[str], None] 
         if occ < MIN_OCCUPANCY:
             dropped["occupancy"] += 1
             continue
-        survivors.append(Candidate(config, resources[0].registers, occ))
+        predicted = cost(plan, resources[0], rows).predicted_fraction
+        survivors.append(Candidate(config, resources[0].registers, occ, predicted))
         if progress is not None:
-            progress(f"[{i + 1}/{len(configs)}] {config}: {resources[0].registers} registers, occupancy {occ:.0%}")
+            progress(f"[{i + 1}/{len(configs)}] {config}: {resources[0].registers} registers, occupancy {occ:.0%}, "
+                     f"predicted {predicted:.0%} of copy")
+    survivors.sort(key=lambda c: (-c.predicted, -c.occupancy))
     return survivors, dropped
 
 
@@ -165,7 +171,8 @@ def measure(block: Block, hidden: int, rows: int, candidates: list[Candidate],
         gbps = nbytes / (timing.median_us * 1e-6) / 1e9
         results.append({"config": str(cand.config), "time_us": round(timing.median_us, 3), "gbps": round(gbps, 1),
                         "frac_copy": round(gbps / copy_gbps, 4), "registers": cand.registers,
-                        "occupancy": round(cand.occupancy, 3), "copy_gbps": round(copy_gbps, 1)})
+                        "occupancy": round(cand.occupancy, 3), "predicted_fraction": cand.predicted,
+                        "copy_gbps": round(copy_gbps, 1)})
         progress(f"[{i + 1}/{len(candidates)}] {cand.config}: {timing.median_us:.1f} us, {gbps:.0f} GB/s "
                  f"({100 * gbps / copy_gbps:.0f}% of copy)")
     return sorted(results, key=lambda r: r["time_us"])
