@@ -15,21 +15,21 @@
 // s<i> are %<i> of the IR after the pass pipeline:
 //   block @gemma(hidden = 4096) {
 //     %x = input "x" : row<bf16>
-//     %residual = input "residual" : row<f32>
+//     %residual = input "residual" : row<bf16>
 //     %weight = weight "weight" : col<bf16>
-//     %0 = add %x, %residual : row<f32>
+//     %0 = add %x, %residual : row<bf16>
 //     %1 = const 1.0 : scalar<f32>
 //     %2 = add %1, %weight : col<bf16>
-//     %3 = const 1e-06 : scalar<f32>
-//     %4 = mul %0, %0 : row<f32>
-//     %5 = row_sum %4 : rowscalar<f32>
-//     %6 = const 1/4096 : scalar<f32>
-//     %7 = mul %5, %6 : rowscalar<f32>
-//     %8 = add %3, %7 : rowscalar<f32>
-//     %9 = rsqrt %8 : rowscalar<f32>
-//     %10 = mul %0, %9 : row<f32>
-//     %11 = mul %2, %10 : row<f32>
-//     output "residual_out" = %0 : row<f32>
+//     %3 = const 1/4096 : scalar<f32>
+//     %4 = mul %0, %0 : row<bf16>
+//     %5 = row_sum %4 : rowscalar<bf16>
+//     %6 = mul %3, %5 : rowscalar<bf16>
+//     %7 = const 1e-06 : scalar<f32>
+//     %8 = add %6, %7 : rowscalar<bf16>
+//     %9 = rsqrt %8 : rowscalar<bf16>
+//     %10 = mul %0, %9 : row<bf16>
+//     %11 = mul %2, %10 : row<bf16>
+//     output "residual_out" = %0 : row<bf16>
 //     output "y" = %11 : row<bf16>
 //   }
 #include <cuda_bf16.h>
@@ -257,10 +257,10 @@ template <bool WIDE, bool PEEL>
 __device__ __forceinline__ void rg_gemma_bf16_h4096_t128_r1_v8_reg_p3_body(
     const __nv_bfloat16* __restrict__ p_x,
     long long s_x,
-    const float* __restrict__ p_residual,
+    const __nv_bfloat16* __restrict__ p_residual,
     long long s_residual,
     const __nv_bfloat16* __restrict__ p_weight,
-    float* __restrict__ p_residual_out,
+    __nv_bfloat16* __restrict__ p_residual_out,
     long long s_residual_out,
     __nv_bfloat16* __restrict__ p_y,
     long long s_y,
@@ -293,7 +293,7 @@ __device__ __forceinline__ void rg_gemma_bf16_h4096_t128_r1_v8_reg_p3_body(
             for (int it = 0; it < ITERS; ++it) {
                 const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;
                 rg_prefetch_l2<__nv_bfloat16, HIDDEN>(p_x + next * s_x, col0);
-                rg_prefetch_l2<float, HIDDEN>(p_residual + next * s_residual, col0);
+                rg_prefetch_l2<__nv_bfloat16, HIDDEN>(p_residual + next * s_residual, col0);
             }
         }
     }
@@ -301,8 +301,8 @@ __device__ __forceinline__ void rg_gemma_bf16_h4096_t128_r1_v8_reg_p3_body(
     const long long src_row = in_row ? row : 0;  // they read row 0 instead, so every load stays in bounds
     constexpr int head = 0;
     const __nv_bfloat16* r_x = p_x + src_row * s_x;
-    const float* r_residual = p_residual + src_row * s_residual;
-    float* r_residual_out = p_residual_out + src_row * s_residual_out;
+    const __nv_bfloat16* r_residual = p_residual + src_row * s_residual;
+    __nv_bfloat16* r_residual_out = p_residual_out + src_row * s_residual_out;
     __nv_bfloat16* r_y = p_y + src_row * s_y;
     float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
     float h0[ITERS][VEC];  // t0 as computed, kept in registers for a later phase
@@ -316,7 +316,7 @@ __device__ __forceinline__ void rg_gemma_bf16_h4096_t128_r1_v8_reg_p3_body(
         float v_x[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
         float v_residual[VEC];
-        rg_load<float, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
         float v_residual_out[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
@@ -328,11 +328,11 @@ __device__ __forceinline__ void rg_gemma_bf16_h4096_t128_r1_v8_reg_p3_body(
                 rs5 += t4;
             }
         }
-        if (in_row) rg_store<float, VEC, HIDDEN, WIDE>(r_residual_out, col0, v_residual_out);
+        if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual_out, col0, v_residual_out);
     }
     rs5 = rg_row_reduce<rg_sum, TPR>(rs5, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
-    const float rs7 = rs5 * 0.000244140625f;
-    const float rs8 = 9.99999997e-07f + rs7;
+    const float rs6 = 0.000244140625f * rs5;
+    const float rs8 = rs6 + 9.99999997e-07f;
     const float rs9 = rsqrtf(rs8);
 
     // ---- phase 1 ----
@@ -360,10 +360,10 @@ __device__ __forceinline__ void rg_gemma_bf16_h4096_t128_r1_v8_reg_p3_body(
 extern "C" __global__ void __launch_bounds__(128, 3) rg_gemma_bf16_h4096_t128_r1_v8_reg_p3(
     const __nv_bfloat16* __restrict__ p_x,
     long long s_x,
-    const float* __restrict__ p_residual,
+    const __nv_bfloat16* __restrict__ p_residual,
     long long s_residual,
     const __nv_bfloat16* __restrict__ p_weight,
-    float* __restrict__ p_residual_out,
+    __nv_bfloat16* __restrict__ p_residual_out,
     long long s_residual_out,
     __nv_bfloat16* __restrict__ p_y,
     long long s_y,
@@ -375,10 +375,10 @@ extern "C" __global__ void __launch_bounds__(128, 3) rg_gemma_bf16_h4096_t128_r1
 extern "C" __global__ void __launch_bounds__(128, 3) rg_gemma_bf16_h4096_t128_r1_v8_reg_p3_narrow(
     const __nv_bfloat16* __restrict__ p_x,
     long long s_x,
-    const float* __restrict__ p_residual,
+    const __nv_bfloat16* __restrict__ p_residual,
     long long s_residual,
     const __nv_bfloat16* __restrict__ p_weight,
-    float* __restrict__ p_residual_out,
+    __nv_bfloat16* __restrict__ p_residual_out,
     long long s_residual_out,
     __nv_bfloat16* __restrict__ p_y,
     long long s_y,

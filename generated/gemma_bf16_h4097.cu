@@ -14,21 +14,21 @@
 // s<i> are %<i> of the IR after the pass pipeline:
 //   block @gemma(hidden = 4097) {
 //     %x = input "x" : row<bf16>
-//     %residual = input "residual" : row<f32>
+//     %residual = input "residual" : row<bf16>
 //     %weight = weight "weight" : col<bf16>
-//     %0 = add %x, %residual : row<f32>
-//     %1 = const 1.0 : scalar<f32>
-//     %2 = add %1, %weight : col<bf16>
-//     %3 = const 1/4097 : scalar<f32>
-//     %4 = mul %0, %0 : row<f32>
-//     %5 = row_sum %4 : rowscalar<f32>
-//     %6 = mul %3, %5 : rowscalar<f32>
-//     %7 = const 1e-06 : scalar<f32>
-//     %8 = add %6, %7 : rowscalar<f32>
-//     %9 = rsqrt %8 : rowscalar<f32>
-//     %10 = mul %0, %9 : row<f32>
-//     %11 = mul %2, %10 : row<f32>
-//     output "residual_out" = %0 : row<f32>
+//     %0 = add %x, %residual : row<bf16>
+//     %1 = const 1/4097 : scalar<f32>
+//     %2 = mul %0, %0 : row<bf16>
+//     %3 = row_sum %2 : rowscalar<bf16>
+//     %4 = mul %1, %3 : rowscalar<bf16>
+//     %5 = const 1e-06 : scalar<f32>
+//     %6 = add %4, %5 : rowscalar<bf16>
+//     %7 = rsqrt %6 : rowscalar<bf16>
+//     %8 = mul %0, %7 : row<bf16>
+//     %9 = const 1.0 : scalar<f32>
+//     %10 = add %9, %weight : col<bf16>
+//     %11 = mul %8, %10 : row<bf16>
+//     output "residual_out" = %0 : row<bf16>
 //     output "y" = %11 : row<bf16>
 //   }
 #include <cuda_bf16.h>
@@ -260,10 +260,10 @@ template <bool WIDE, bool PEEL>
 __device__ __forceinline__ void rg_gemma_bf16_h4097_t128_r1_v8_reg_body(
     const __nv_bfloat16* __restrict__ p_x,
     long long s_x,
-    const float* __restrict__ p_residual,
+    const __nv_bfloat16* __restrict__ p_residual,
     long long s_residual,
     const __nv_bfloat16* __restrict__ p_weight,
-    float* __restrict__ p_residual_out,
+    __nv_bfloat16* __restrict__ p_residual_out,
     long long s_residual_out,
     __nv_bfloat16* __restrict__ p_y,
     long long s_y,
@@ -286,14 +286,14 @@ __device__ __forceinline__ void rg_gemma_bf16_h4097_t128_r1_v8_reg_body(
     const long long src_row = in_row ? row : 0;  // they read row 0 instead, so every load stays in bounds
     const int head = PEEL ? (int)((src_row * s_x) % VEC) : 0;  // the row starts this far past an aligned address
     const __nv_bfloat16* r_x = p_x + src_row * s_x;
-    const float* r_residual = p_residual + src_row * s_residual;
-    float* r_residual_out = p_residual_out + src_row * s_residual_out;
+    const __nv_bfloat16* r_residual = p_residual + src_row * s_residual;
+    __nv_bfloat16* r_residual_out = p_residual_out + src_row * s_residual_out;
     __nv_bfloat16* r_y = p_y + src_row * s_y;
     float* const scratch = reinterpret_cast<float*>(rg_smem + 0);  // per-warp partials
     float h0[ITERS][VEC];  // t0 as computed, kept in registers for a later phase
 
     // ---- phase 0 ----
-    float rs5 = 0.0f;
+    float rs3 = 0.0f;
 #pragma unroll 5
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
@@ -301,24 +301,24 @@ __device__ __forceinline__ void rg_gemma_bf16_h4097_t128_r1_v8_reg_body(
         float v_x[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
         float v_residual[VEC];
-        rg_load<float, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
         float v_residual_out[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
             const float t0 = v_x[j] + v_residual[j];
-            const float t4 = t0 * t0;
+            const float t2 = t0 * t0;
             v_residual_out[j] = t0;
             h0[it][j] = t0;
             if ((!TAIL && !PEEL) || (unsigned)(col0 + j) < (unsigned)HIDDEN) {
-                rs5 += t4;
+                rs3 += t2;
             }
         }
-        if (in_row) rg_store<float, VEC, HIDDEN, WIDE>(r_residual_out, col0, v_residual_out);
+        if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual_out, col0, v_residual_out);
     }
-    rs5 = rg_row_reduce<rg_sum, TPR>(rs5, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
-    const float rs6 = 0.000244081035f * rs5;
-    const float rs8 = rs6 + 9.99999997e-07f;
-    const float rs9 = rsqrtf(rs8);
+    rs3 = rg_row_reduce<rg_sum, TPR>(rs3, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    const float rs4 = 0.000244081035f * rs3;
+    const float rs6 = rs4 + 9.99999997e-07f;
+    const float rs7 = rsqrtf(rs6);
 
     // ---- phase 1 ----
 #pragma unroll 5
@@ -332,9 +332,9 @@ __device__ __forceinline__ void rg_gemma_bf16_h4097_t128_r1_v8_reg_body(
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
             const float t0 = h0_v[j];
-            const float t2 = 1.0f + v_weight[j];
-            const float t10 = t0 * rs9;
-            const float t11 = t2 * t10;
+            const float t8 = t0 * rs7;
+            const float t10 = 1.0f + v_weight[j];
+            const float t11 = t8 * t10;
             v_y[j] = t11;
         }
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_y, col0, v_y);
@@ -344,10 +344,10 @@ __device__ __forceinline__ void rg_gemma_bf16_h4097_t128_r1_v8_reg_body(
 extern "C" __global__ void __launch_bounds__(128, 2) rg_gemma_bf16_h4097_t128_r1_v8_reg(
     const __nv_bfloat16* __restrict__ p_x,
     long long s_x,
-    const float* __restrict__ p_residual,
+    const __nv_bfloat16* __restrict__ p_residual,
     long long s_residual,
     const __nv_bfloat16* __restrict__ p_weight,
-    float* __restrict__ p_residual_out,
+    __nv_bfloat16* __restrict__ p_residual_out,
     long long s_residual_out,
     __nv_bfloat16* __restrict__ p_y,
     long long s_y,
@@ -359,10 +359,10 @@ extern "C" __global__ void __launch_bounds__(128, 2) rg_gemma_bf16_h4097_t128_r1
 extern "C" __global__ void __launch_bounds__(128, 2) rg_gemma_bf16_h4097_t128_r1_v8_reg_peeled(
     const __nv_bfloat16* __restrict__ p_x,
     long long s_x,
-    const float* __restrict__ p_residual,
+    const __nv_bfloat16* __restrict__ p_residual,
     long long s_residual,
     const __nv_bfloat16* __restrict__ p_weight,
-    float* __restrict__ p_residual_out,
+    __nv_bfloat16* __restrict__ p_residual_out,
     long long s_residual_out,
     __nv_bfloat16* __restrict__ p_y,
     long long s_y,
@@ -374,10 +374,10 @@ extern "C" __global__ void __launch_bounds__(128, 2) rg_gemma_bf16_h4097_t128_r1
 extern "C" __global__ void __launch_bounds__(128, 2) rg_gemma_bf16_h4097_t128_r1_v8_reg_narrow(
     const __nv_bfloat16* __restrict__ p_x,
     long long s_x,
-    const float* __restrict__ p_residual,
+    const __nv_bfloat16* __restrict__ p_residual,
     long long s_residual,
     const __nv_bfloat16* __restrict__ p_weight,
-    float* __restrict__ p_residual_out,
+    __nv_bfloat16* __restrict__ p_residual_out,
     long long s_residual_out,
     __nv_bfloat16* __restrict__ p_y,
     long long s_y,

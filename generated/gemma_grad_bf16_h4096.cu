@@ -5,7 +5,7 @@
 //   arch        sm_90
 //   hidden      4096 (4 chunk(s) of 8 per thread)
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
-//   row cache   registers (%0, %7 kept between phases)
+//   row cache   registers (%2, %5 kept between phases)
 //   col sums    1 accumulated in shared memory, 1056 persistent CTAs, then a finalize kernel
 //   shared mem  16448 bytes dynamic (column sums, reduction partials)
 //   phases      2 (1 reduction(s))
@@ -15,34 +15,34 @@
 // s<i> are %<i> of the IR after the pass pipeline:
 //   block @gemma_grad(hidden = 4096) {
 //     %x = input "x" : row<bf16>
-//     %residual = input "residual" : row<f32>
+//     %residual = input "residual" : row<bf16>
 //     %weight = weight "weight" : col<bf16>
 //     %saved_0 = row_scalar "saved_0" : rowscalar<f32>
-//     %d_residual_out = input "d_residual_out" : row<f32>
+//     %d_residual_out = input "d_residual_out" : row<bf16>
 //     %d_y = input "d_y" : row<bf16>
-//     %0 = add %x, %residual : row<f32>
-//     %1 = mul %saved_0, %saved_0 : rowscalar<f32>
-//     %2 = mul %saved_0, %1 : rowscalar<f32>
-//     %3 = const -0.5 : scalar<f32>
-//     %4 = mul %2, %3 : rowscalar<f32>
-//     %5 = const 1.0 : scalar<f32>
-//     %6 = add %5, %weight : col<bf16>
-//     %7 = mul %6, %d_y : row<bf16>
-//     %8 = mul %7, %0 : row<f32>
-//     %9 = row_sum %8 : rowscalar<f32>
-//     %10 = mul %4, %9 : rowscalar<f32>
-//     %11 = const 1/4096 : scalar<f32>
-//     %12 = mul %10, %11 : rowscalar<f32>
-//     %13 = mul %0, %12 : row<f32>
-//     %14 = mul %7, %saved_0 : row<f32>
-//     %15 = add %d_residual_out, %14 : row<f32>
-//     %16 = add %13, %15 : row<f32>
-//     %17 = add %13, %16 : row<f32>
-//     %18 = mul %0, %saved_0 : row<f32>
-//     %19 = mul %d_y, %18 : row<f32>
+//     %0 = const 1.0 : scalar<f32>
+//     %1 = add %0, %weight : col<bf16>
+//     %2 = mul %1, %d_y : row<bf16>
+//     %3 = mul %2, %saved_0 : row<f32>
+//     %4 = add %d_residual_out, %3 : row<f32>
+//     %5 = add %x, %residual : row<bf16>
+//     %6 = mul %2, %5 : row<bf16>
+//     %7 = row_sum %6 : rowscalar<bf16>
+//     %8 = mul %saved_0, %saved_0 : rowscalar<f32>
+//     %9 = mul %saved_0, %8 : rowscalar<f32>
+//     %10 = const -0.5 : scalar<f32>
+//     %11 = mul %9, %10 : rowscalar<f32>
+//     %12 = mul %7, %11 : rowscalar<f32>
+//     %13 = const 1/4096 : scalar<f32>
+//     %14 = mul %12, %13 : rowscalar<f32>
+//     %15 = mul %5, %14 : row<f32>
+//     %16 = add %4, %15 : row<f32>
+//     %17 = add %16, %15 : row<f32>
+//     %18 = mul %saved_0, %5 : row<f32>
+//     %19 = mul %18, %d_y : row<f32>
 //     %20 = col_sum %19 : col<f32>
 //     output "d_x" = %17 : row<bf16>
-//     output "d_residual" = %17 : row<f32>
+//     output "d_residual" = %17 : row<bf16>
 //     output "d_weight" = %20 : col<bf16>
 //   }
 #include <cuda_bf16.h>
@@ -270,17 +270,17 @@ template <bool WIDE, bool PEEL>
 __device__ __forceinline__ void rg_gemma_grad_bf16_h4096_t128_r1_v8_reg_body(
     const __nv_bfloat16* __restrict__ p_x,
     long long s_x,
-    const float* __restrict__ p_residual,
+    const __nv_bfloat16* __restrict__ p_residual,
     long long s_residual,
     const __nv_bfloat16* __restrict__ p_weight,
     const float* __restrict__ p_saved_0,
-    const float* __restrict__ p_d_residual_out,
+    const __nv_bfloat16* __restrict__ p_d_residual_out,
     long long s_d_residual_out,
     const __nv_bfloat16* __restrict__ p_d_y,
     long long s_d_y,
     __nv_bfloat16* __restrict__ p_d_x,
     long long s_d_x,
-    float* __restrict__ p_d_residual,
+    __nv_bfloat16* __restrict__ p_d_residual,
     long long s_d_residual,
     float* __restrict__ rg_ws0,
     long long rows)
@@ -315,8 +315,8 @@ __device__ __forceinline__ void rg_gemma_grad_bf16_h4096_t128_r1_v8_reg_body(
             for (int it = 0; it < ITERS; ++it) {
                 const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC;
                 rg_prefetch_l2<__nv_bfloat16, HIDDEN>(p_x + next * s_x, col0);
-                rg_prefetch_l2<float, HIDDEN>(p_residual + next * s_residual, col0);
-                rg_prefetch_l2<float, HIDDEN>(p_d_residual_out + next * s_d_residual_out, col0);
+                rg_prefetch_l2<__nv_bfloat16, HIDDEN>(p_residual + next * s_residual, col0);
+                rg_prefetch_l2<__nv_bfloat16, HIDDEN>(p_d_residual_out + next * s_d_residual_out, col0);
                 rg_prefetch_l2<__nv_bfloat16, HIDDEN>(p_d_y + next * s_d_y, col0);
             }
         }
@@ -325,21 +325,21 @@ __device__ __forceinline__ void rg_gemma_grad_bf16_h4096_t128_r1_v8_reg_body(
     const long long src_row = in_row ? row : 0;  // they read row 0 instead, so every load stays in bounds
     constexpr int head = 0;
     const __nv_bfloat16* r_x = p_x + src_row * s_x;
-    const float* r_residual = p_residual + src_row * s_residual;
-    const float* r_d_residual_out = p_d_residual_out + src_row * s_d_residual_out;
+    const __nv_bfloat16* r_residual = p_residual + src_row * s_residual;
+    const __nv_bfloat16* r_d_residual_out = p_d_residual_out + src_row * s_d_residual_out;
     const __nv_bfloat16* r_d_y = p_d_y + src_row * s_d_y;
     __nv_bfloat16* r_d_x = p_d_x + src_row * s_d_x;
-    float* r_d_residual = p_d_residual + src_row * s_d_residual;
+    __nv_bfloat16* r_d_residual = p_d_residual + src_row * s_d_residual;
     const float v_saved_0 = rg_load_one(p_saved_0 + src_row);
-    const float rs1 = v_saved_0 * v_saved_0;
-    const float rs2 = v_saved_0 * rs1;
-    const float rs4 = rs2 * (-0.5f);
+    const float rs8 = v_saved_0 * v_saved_0;
+    const float rs9 = v_saved_0 * rs8;
+    const float rs11 = rs9 * (-0.5f);
     float* const scratch = reinterpret_cast<float*>(rg_smem + 16384);  // per-warp partials
-    float h0[ITERS][VEC];  // t0 as computed, kept in registers for a later phase
-    float h7[ITERS][VEC];  // t7 as computed, kept in registers for a later phase
+    float h2[ITERS][VEC];  // t2 as computed, kept in registers for a later phase
+    float h5[ITERS][VEC];  // t5 as computed, kept in registers for a later phase
 
     // ---- phase 0 ----
-    float rs9 = 0.0f;
+    float rs7 = 0.0f;
 #pragma unroll 4
     for (int it = 0; it < ITERS; ++it) {
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
@@ -347,7 +347,7 @@ __device__ __forceinline__ void rg_gemma_grad_bf16_h4096_t128_r1_v8_reg_body(
         float v_x[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_x, col0, v_x);
         float v_residual[VEC];
-        rg_load<float, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual, col0, v_residual);
         float v_d_y[VEC];
         rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_y, col0, v_d_y);
         float v_weight[VEC];
@@ -356,24 +356,24 @@ __device__ __forceinline__ void rg_gemma_grad_bf16_h4096_t128_r1_v8_reg_body(
         rg_load<float, VEC, ITERS * TPR * VEC, true>(k0, lcol0, k0_v);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = v_x[j] + v_residual[j];
-            const float t6 = 1.0f + v_weight[j];
-            const float t7 = t6 * v_d_y[j];
-            const float t8 = t7 * t0;
-            const float t18 = t0 * v_saved_0;
-            const float t19 = v_d_y[j] * t18;
-            h0[it][j] = t0;
-            h7[it][j] = t7;
+            const float t1 = 1.0f + v_weight[j];
+            const float t2 = t1 * v_d_y[j];
+            const float t5 = v_x[j] + v_residual[j];
+            const float t6 = t2 * t5;
+            const float t18 = v_saved_0 * t5;
+            const float t19 = t18 * v_d_y[j];
+            h2[it][j] = t2;
+            h5[it][j] = t5;
             if ((!TAIL && !PEEL) || (unsigned)(col0 + j) < (unsigned)HIDDEN) {
-                rs9 += t8;
+                rs7 += t6;
             }
             if (in_row && (!TAIL || col0 + j < HIDDEN)) k0_v[j] += t19;
         }
         rg_store<float, VEC, ITERS * TPR * VEC, true>(k0, lcol0, k0_v);
     }
-    rs9 = rg_row_reduce<rg_sum, TPR>(rs9, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
-    const float rs10 = rs4 * rs9;
-    const float rs12 = rs10 * 0.000244140625f;
+    rs7 = rg_row_reduce<rg_sum, TPR>(rs7, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    const float rs12 = rs7 * rs11;
+    const float rs14 = rs12 * 0.000244140625f;
 
     // ---- phase 1 ----
 #pragma unroll 4
@@ -381,25 +381,25 @@ __device__ __forceinline__ void rg_gemma_grad_bf16_h4096_t128_r1_v8_reg_body(
         const int lcol0 = (it * TPR + lane) * VEC;  // this chunk's place in the CTA's share of the row
         const int col0 = ((it * CLUSTER + crank) * TPR + lane) * VEC - head;  // and in the row
         float v_d_residual_out[VEC];
-        rg_load<float, VEC, HIDDEN, WIDE>(r_d_residual_out, col0, v_d_residual_out);
-        const float (&h0_v)[VEC] = h0[it];
-        const float (&h7_v)[VEC] = h7[it];
+        rg_load<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_residual_out, col0, v_d_residual_out);
+        const float (&h2_v)[VEC] = h2[it];
+        const float (&h5_v)[VEC] = h5[it];
         float v_d_x[VEC];
         float v_d_residual[VEC];
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
-            const float t0 = h0_v[j];
-            const float t7 = h7_v[j];
-            const float t13 = t0 * rs12;
-            const float t14 = t7 * v_saved_0;
-            const float t15 = v_d_residual_out[j] + t14;
-            const float t16 = t13 + t15;
-            const float t17 = t13 + t16;
+            const float t2 = h2_v[j];
+            const float t5 = h5_v[j];
+            const float t3 = t2 * v_saved_0;
+            const float t4 = v_d_residual_out[j] + t3;
+            const float t15 = t5 * rs14;
+            const float t16 = t4 + t15;
+            const float t17 = t16 + t15;
             v_d_x[j] = t17;
             v_d_residual[j] = t17;
         }
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_x, col0, v_d_x);
-        if (in_row) rg_store<float, VEC, HIDDEN, WIDE>(r_d_residual, col0, v_d_residual);
+        if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_d_residual, col0, v_d_residual);
     }
     __syncthreads();  // the next row group reuses the reduction scratch
     }
@@ -415,20 +415,20 @@ __device__ __forceinline__ void rg_gemma_grad_bf16_h4096_t128_r1_v8_reg_body(
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128, 1) rg_gemma_grad_bf16_h4096_t128_r1_v8_reg(
+extern "C" __global__ void __launch_bounds__(128, 2) rg_gemma_grad_bf16_h4096_t128_r1_v8_reg(
     const __nv_bfloat16* __restrict__ p_x,
     long long s_x,
-    const float* __restrict__ p_residual,
+    const __nv_bfloat16* __restrict__ p_residual,
     long long s_residual,
     const __nv_bfloat16* __restrict__ p_weight,
     const float* __restrict__ p_saved_0,
-    const float* __restrict__ p_d_residual_out,
+    const __nv_bfloat16* __restrict__ p_d_residual_out,
     long long s_d_residual_out,
     const __nv_bfloat16* __restrict__ p_d_y,
     long long s_d_y,
     __nv_bfloat16* __restrict__ p_d_x,
     long long s_d_x,
-    float* __restrict__ p_d_residual,
+    __nv_bfloat16* __restrict__ p_d_residual,
     long long s_d_residual,
     float* __restrict__ rg_ws0,
     long long rows)
@@ -436,20 +436,20 @@ extern "C" __global__ void __launch_bounds__(128, 1) rg_gemma_grad_bf16_h4096_t1
     rg_gemma_grad_bf16_h4096_t128_r1_v8_reg_body<true, false>(p_x, s_x, p_residual, s_residual, p_weight, p_saved_0, p_d_residual_out, s_d_residual_out, p_d_y, s_d_y, p_d_x, s_d_x, p_d_residual, s_d_residual, rg_ws0, rows);
 }
 
-extern "C" __global__ void __launch_bounds__(128, 1) rg_gemma_grad_bf16_h4096_t128_r1_v8_reg_narrow(
+extern "C" __global__ void __launch_bounds__(128, 2) rg_gemma_grad_bf16_h4096_t128_r1_v8_reg_narrow(
     const __nv_bfloat16* __restrict__ p_x,
     long long s_x,
-    const float* __restrict__ p_residual,
+    const __nv_bfloat16* __restrict__ p_residual,
     long long s_residual,
     const __nv_bfloat16* __restrict__ p_weight,
     const float* __restrict__ p_saved_0,
-    const float* __restrict__ p_d_residual_out,
+    const __nv_bfloat16* __restrict__ p_d_residual_out,
     long long s_d_residual_out,
     const __nv_bfloat16* __restrict__ p_d_y,
     long long s_d_y,
     __nv_bfloat16* __restrict__ p_d_x,
     long long s_d_x,
-    float* __restrict__ p_d_residual,
+    __nv_bfloat16* __restrict__ p_d_residual,
     long long s_d_residual,
     float* __restrict__ rg_ws0,
     long long rows)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -13,10 +15,11 @@ from resgen.ir.dtypes import DType, as_dtype, bf16, f32
 
 @dataclass(frozen=True)
 class CatalogEntry:
-    """A named block family; calling it with a dtype builds the block."""
+    """A named block family; calling it with a dtype (and the family's keyword parameters: eps,
+    dropout p and training, offset, residual_dtype, where it has them) builds the block."""
 
     name: str
-    build: Callable[[DType], Block]
+    build: Callable[..., Block]
 
     @property
     def doc(self) -> str:
@@ -26,103 +29,148 @@ class CatalogEntry:
     def summary(self) -> str:
         return self.doc.splitlines()[0] if self.doc else ""
 
-    def __call__(self, dtype: DType | str = bf16) -> Block:
-        block = self.build(as_dtype(dtype, what=f"catalog {self.name!r}: argument 'dtype'"))
+    @property
+    def parameters(self) -> dict[str, object]:
+        """The keyword parameters this family takes, with their defaults."""
+        return {n: q.default for n, q in list(inspect.signature(self.build).parameters.items())[1:]}
+
+    def __call__(self, dtype: DType | str = bf16, **params: object) -> Block:
+        dt = as_dtype(dtype, what=f"catalog {self.name!r}: argument 'dtype'")
+        block = self.build(dt, **{n: _check_parameter(self, n, v) for n, v in params.items()})
         block.doc = self.doc
         return block
 
 
-def llama(dt: DType) -> Block:
+def _check_parameter(entry: CatalogEntry, name: str, value: object) -> object:
+    """`value` for the family parameter `name`, checked; SpecError naming it otherwise."""
+    what = f"catalog {entry.name!r}: argument {name!r}"
+    if name not in entry.parameters:
+        known = ", ".join(entry.parameters) or "none"
+        raise SpecError(f"{what} is not a parameter of this block; it takes: {known}")
+    if name == "residual_dtype":
+        return None if value is None else as_dtype(value, what=what)
+    if name == "training":
+        if not isinstance(value, bool):
+            raise SpecError(f"{what} must be True or False, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(f"{what} must be a finite number, got {value!r}")
+    if name == "eps" and not value > 0:
+        raise SpecError(f"{what} must be > 0, got {value!r}")
+    if name == "p" and not 0 <= value < 1:
+        raise SpecError(f"{what} (dropout probability) must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+def llama(dt: DType, eps: float = 1e-6, offset: float = 0.0, residual_dtype: DType | None = None) -> Block:
     """Pre-norm residual add + RMSNorm (Llama 2/3, Mistral, Mixtral, Qwen 2, DeepSeek).
 
-    h = x + residual; residual_out = h; y = rms_norm(h) * weight, eps 1e-6.
+    h = x + residual; residual_out = h; y = rms_norm(h) * (offset + weight), eps 1e-6, offset 0.
+    residual_dtype: the residual stream's dtype (input and residual_out), default the model's.
     """
+    rt = residual_dtype or dt
     b = Block("llama")
-    h = b.input("x", dt) + b.input("residual", dt)
-    b.output("residual_out", h)
-    b.output("y", rg.rms_norm(h, b.weight("weight", dt), eps=1e-6))
+    h = b.input("x", dt) + b.input("residual", rt)
+    b.output("residual_out", h, dtype=rt)
+    b.output("y", rg.rms_norm(h, b.weight("weight", dt), eps=eps, offset=offset), dtype=dt)
     return b
 
 
-def gpt2(dt: DType) -> Block:
+def gpt2(dt: DType, eps: float = 1e-5, residual_dtype: DType | None = None) -> Block:
     """Pre-norm residual add + LayerNorm with bias (GPT-2, GPT-NeoX, Pythia, OPT, Falcon).
 
     h = x + residual; residual_out = h; y = layer_norm(h) * weight + bias, eps 1e-5.
     """
+    rt = residual_dtype or dt
     b = Block("gpt2")
-    h = b.input("x", dt) + b.input("residual", dt)
-    b.output("residual_out", h)
-    b.output("y", rg.layer_norm(h, b.weight("weight", dt), b.weight("bias", dt), eps=1e-5))
+    h = b.input("x", dt) + b.input("residual", rt)
+    b.output("residual_out", h, dtype=rt)
+    b.output("y", rg.layer_norm(h, b.weight("weight", dt), b.weight("bias", dt), eps=eps), dtype=dt)
     return b
 
 
-def bert(dt: DType) -> Block:
+def bert(dt: DType, eps: float = 1e-12, p: float = 0.1, training: bool = True) -> Block:
     """Post-norm with bias and dropout (BERT, RoBERTa, original Transformer).
 
-    y = layer_norm(residual + dropout(x + bias, p=0.1)) * weight + ln_bias, eps 1e-12.
+    y = layer_norm(residual + dropout(x + bias, p=0.1)) * weight + ln_bias, eps 1e-12; with
+    training=False (eval) the dropout is the identity and the block has none.
     """
     b = Block("bert")
     x, residual = b.input("x", dt), b.input("residual", dt)
-    h = residual + rg.dropout(x + b.weight("bias", dt), p=0.1)
-    b.output("y", rg.layer_norm(h, b.weight("weight", dt), b.weight("ln_bias", dt), eps=1e-12))
+    biased = x + b.weight("bias", dt)
+    h = residual + (rg.dropout(biased, p=p) if training and p > 0 else biased)
+    b.output("y", rg.layer_norm(h, b.weight("weight", dt), b.weight("ln_bias", dt), eps=eps))
     return b
 
 
-def deepnorm(dt: DType) -> Block:
+def deepnorm(dt: DType, eps: float = 1e-5) -> Block:
     """DeepNorm post-norm (DeepNet, GLM-130B): y = layer_norm(alpha * residual + x), alpha a runtime scalar."""
     b = Block("deepnorm")
     h = b.scalar("alpha") * b.input("residual", dt) + b.input("x", dt)
-    b.output("y", rg.layer_norm(h, b.weight("weight", dt), b.weight("bias", dt), eps=1e-5))
+    b.output("y", rg.layer_norm(h, b.weight("weight", dt), b.weight("bias", dt), eps=eps))
     return b
 
 
-def gemma(dt: DType) -> Block:
-    """Gemma pre-norm: fp32 residual stream, RMSNorm scaled by (1 + weight) (Gemma 1/2/3).
+def gemma(dt: DType, eps: float = 1e-6) -> Block:
+    """Gemma pre-norm: RMSNorm scaled by (1 + weight) (Gemma 1/2/3), residual in the model dtype.
 
-    h = x + residual (f32); residual_out = h in f32; y = rms_norm(h) * (1 + weight).
+    h = x + residual; residual_out = h; y = rms_norm(h) * (1 + weight), eps 1e-6. Hugging Face's
+    Gemma keeps the residual stream in the model dtype; gemma_fp32_residual keeps it in float32.
     """
     b = Block("gemma")
-    h = b.input("x", dt) + b.input("residual", f32)
-    b.output("residual_out", h, dtype=f32)
-    b.output("y", rg.rms_norm(h, b.weight("weight", dt), eps=1e-6, offset=1.0), dtype=dt)
+    h = b.input("x", dt) + b.input("residual", dt)
+    b.output("residual_out", h)
+    b.output("y", rg.rms_norm(h, b.weight("weight", dt), eps=eps, offset=1.0))
     return b
 
 
-def gemma2_sandwich(dt: DType) -> Block:
+def gemma_fp32_residual(dt: DType, eps: float = 1e-6) -> Block:
+    """Gemma pre-norm with the residual stream in float32 (a mixed-precision training setup).
+
+    h = x + residual (f32); residual_out = h in f32; y = rms_norm(h) * (1 + weight) in the model dtype.
+    """
+    b = Block("gemma_fp32_residual")
+    h = b.input("x", dt) + b.input("residual", f32)
+    b.output("residual_out", h, dtype=f32)
+    b.output("y", rg.rms_norm(h, b.weight("weight", dt), eps=eps, offset=1.0), dtype=dt)
+    return b
+
+
+def gemma2_sandwich(dt: DType, eps: float = 1e-6) -> Block:
     """Gemma-2/3 sandwich norm: residual + RMSNorm(x)·(1+w1), then the next block's pre-norm RMSNorm.
 
     h = residual + rms_norm(x, w_post); residual_out = h; y = rms_norm(h, w_pre). Two reductions in a row.
     """
     b = Block("gemma2_sandwich")
     x, residual = b.input("x", dt), b.input("residual", dt)
-    h = residual + rg.rms_norm(x, b.weight("post_weight", dt), eps=1e-6, offset=1.0)
+    h = residual + rg.rms_norm(x, b.weight("post_weight", dt), eps=eps, offset=1.0)
     b.output("residual_out", h)
-    b.output("y", rg.rms_norm(h, b.weight("pre_weight", dt), eps=1e-6, offset=1.0))
+    b.output("y", rg.rms_norm(h, b.weight("pre_weight", dt), eps=eps, offset=1.0))
     return b
 
 
-def parallel_residual(dt: DType) -> Block:
+def parallel_residual(dt: DType, eps: float = 1e-5) -> Block:
     """Parallel attention + MLP residual (GPT-J, GPT-NeoX, Falcon, PaLM): h = residual + attn + mlp, then LayerNorm."""
     b = Block("parallel_residual")
     h = b.input("residual", dt) + b.input("attn", dt) + b.input("mlp", dt)
     b.output("residual_out", h)
-    b.output("y", rg.layer_norm(h, b.weight("weight", dt), b.weight("bias", dt), eps=1e-5))
+    b.output("y", rg.layer_norm(h, b.weight("weight", dt), b.weight("bias", dt), eps=eps))
     return b
 
 
-def llama_fp32_residual(dt: DType) -> Block:
+def llama_fp32_residual(dt: DType, eps: float = 1e-6, offset: float = 0.0) -> Block:
     """Pre-norm add + RMSNorm with the residual stream kept in fp32 (vLLM/TransformerEngine 'residual_in_fp32')."""
     b = Block("llama_fp32_residual")
     h = b.input("x", dt) + b.input("residual", f32)
     b.output("residual_out", h, dtype=f32, inplace="residual")
-    b.output("y", rg.rms_norm(h, b.weight("weight", dt), eps=1e-6), dtype=dt)
+    b.output("y", rg.rms_norm(h, b.weight("weight", dt), eps=eps, offset=offset), dtype=dt)
     return b
 
 
 class Catalog(Mapping[str, CatalogEntry]):
     """`rg.catalog["llama"](rg.bf16)` builds a block; `rg.catalog.llama` is the same entry."""
 
-    def __init__(self, builders: list[Callable[[DType], Block]]) -> None:
+    def __init__(self, builders: list[Callable[..., Block]]) -> None:
         self._entries = {f.__name__: CatalogEntry(f.__name__, f) for f in builders}
 
     def __getitem__(self, name: str) -> CatalogEntry:
@@ -146,4 +194,5 @@ class Catalog(Mapping[str, CatalogEntry]):
         return len(self._entries)
 
 
-catalog = Catalog([llama, gpt2, bert, deepnorm, gemma, gemma2_sandwich, parallel_residual, llama_fp32_residual])
+catalog = Catalog([llama, gpt2, bert, deepnorm, gemma, gemma_fp32_residual, gemma2_sandwich, parallel_residual,
+                   llama_fp32_residual])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -34,7 +36,7 @@ def hand_written(name: str, a: dict, seed: int) -> dict[str, torch.Tensor]:
     if name in ("llama", "llama_fp32_residual"):
         h = f["x"] + f["residual"]
         return {"residual_out": h, "y": _rms(h, f["weight"], 1e-6)}
-    if name == "gemma":
+    if name in ("gemma", "gemma_fp32_residual"):
         h = f["x"] + f["residual"]
         return {"residual_out": h, "y": _rms(h, f["weight"], 1e-6, 1.0)}
     if name == "gpt2":
@@ -181,3 +183,39 @@ def test_compare_fails_an_unwritten_element_anywhere_and_matches_a_direct_comput
     assert compare("y", rg.bf16, out, ref).ok
     out[1, 5] = float("nan")
     assert not compare("y", rg.bf16, out, ref).ok
+
+
+def test_catalog_parameters_change_the_block_and_its_reference():
+    # eps, offset and residual dtype reach the reference (checked against the formulas above); bert in
+    # eval has no dropout; the defaults build the very blocks the catalog builds without them.
+    args = random_inputs(rg.catalog.llama(rg.f32), (5,), 64, seed=1)
+    got = rg.reference(rg.catalog.llama(rg.f32, eps=0.5, offset=0.25), **args)
+    torch.testing.assert_close(got.y, _rms(args["x"] + args["residual"], args["weight"], 0.5, 0.25), rtol=1e-5, atol=1e-5)
+    assert rg.catalog.llama(rg.bf16, eps=1e-6, offset=0.0).key == rg.catalog.llama(rg.bf16).key
+    mixed = rg.catalog.llama(rg.bf16, residual_dtype=rg.f32)
+    assert [p.dtype for p in mixed.params_of("input")] == [rg.bf16, rg.f32]
+    assert {o.name: o.dtype for o in mixed.outputs} == {"residual_out": rg.f32, "y": rg.bf16}
+    eval_bert = rg.catalog.bert(rg.f32, training=False)
+    assert not any(n.op == "dropout" for n in eval_bert.body)
+    bargs = random_inputs(eval_bert, (4,), 32, seed=2)
+    h = bargs["residual"] + (bargs["x"] + bargs["bias"])
+    torch.testing.assert_close(rg.reference(eval_bert, **bargs).y, _ln(h, bargs["weight"], bargs["ln_bias"], 1e-12),
+                               rtol=1e-5, atol=1e-5)
+    assert rg.catalog.gemma(rg.bf16).params_of("input")[1].dtype == rg.bf16  # HF Gemma: the model dtype
+    assert rg.catalog.gemma_fp32_residual(rg.bf16).params_of("input")[1].dtype == rg.f32
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"p": 0.1}, "'p' is not a parameter of this block; it takes: eps, offset, residual_dtype"),
+    ({"eps": 0.0}, "'eps' must be > 0"),
+    ({"eps": float("nan")}, "'eps' must be a finite number"),
+    ({"offset": "1"}, "'offset' must be a finite number"),
+    ({"residual_dtype": "f64"}, "argument 'residual_dtype': unknown dtype 'f64'"),
+])
+def test_catalog_parameters_are_checked(params, message):
+    with pytest.raises(rg.ResgenError, match=re.escape(message)):
+        rg.catalog.llama(rg.bf16, **params)
+    with pytest.raises(rg.SpecError, match=re.escape("'p' (dropout probability) must be in [0, 1)")):
+        rg.catalog.bert(rg.bf16, p=1.0)
+    with pytest.raises(rg.SpecError, match="'training' must be True or False"):
+        rg.catalog.bert(rg.bf16, training=1)

@@ -38,6 +38,11 @@ def _gpt2(x, residual, weight, bias):
 
 
 def _gemma(x, residual, weight):
+    h = x + residual
+    return h, _rms(h, weight, 1e-6, 1.0)
+
+
+def _gemma_fp32_residual(x, residual, weight):
     h = x.float() + residual
     return h, _rms(h, weight.float(), 1e-6, 1.0).to(x.dtype)
 
@@ -59,7 +64,7 @@ def _deepnorm(residual, x, weight, bias, alpha):
 #: Catalog block -> the PyTorch code a model would run for it (outputs in the block's order).
 TORCH_FORMULAS: dict[str, Fn] = {
     "llama": _llama, "llama_fp32_residual": _llama_fp32_residual, "gpt2": _gpt2, "gemma": _gemma,
-    "gemma2_sandwich": _gemma2_sandwich, "parallel_residual": _parallel_residual, "deepnorm": _deepnorm,
+    "gemma_fp32_residual": _gemma_fp32_residual, "gemma2_sandwich": _gemma2_sandwich, "parallel_residual": _parallel_residual, "deepnorm": _deepnorm,
 }
 
 
