@@ -123,12 +123,10 @@ def cost(plan: KernelPlan, resources: Resources, rows: int) -> CostReport:
         if plan.persistent and grid:  # each CTA loops over its row groups; the last round may be partial
             clusters = grid // plan.config.cluster
             busy *= groups / (math.ceil(groups / clusters) * clusters)
-    else:
+    else:  # several waves: every SM busy but in the last, partial one
         resident = per_sm
-        waves = max(1, math.ceil(grid / slots))
-        wave_efficiency = grid / (waves * slots) if grid else 0.0
-        # A grid smaller than the GPU leaves SMs idle; many full waves keep them busy.
-        busy = min(1.0, wave_efficiency if waves == 1 else 1 - (1 - wave_efficiency) / waves)
+        waves = math.ceil(grid / slots)
+        busy = 1 - (1 - grid / (waves * slots)) / waves
     in_flight = resident * plan.threads * loads_in_flight(plan)
     phases = sum(1 for p in plan.phases if p.reductions)
     fraction = (ideal / hbm if hbm else 0.0) * min(1.0, in_flight / IN_FLIGHT_TARGET) * busy

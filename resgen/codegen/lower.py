@@ -103,8 +103,8 @@ def weight_floats(block: Block, hidden: int, config: LaunchConfig) -> int:
 
 
 def register_floats(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> int:
-    """Floats per thread the kernel keeps in registers: the row cache (cache=registers), the column
-    accumulators that stay out of shared memory, and a persistent kernel's hoisted weights."""
+    """Floats per thread the kernel keeps in registers: the row cache (cache=registers) and the
+    column accumulators that stay out of shared memory (a persistent kernel's weights: weight_home)."""
     floats = cached_floats(block, hidden, config) if config.cache == "registers" else 0
     if not col_sums_in_smem(block, hidden, config, arch):
         floats += col_sum_floats(block, hidden, config)
@@ -159,9 +159,13 @@ def col_sum_count(block: Block) -> int:
     return sum(o.node.kind is Kind.COL for o in block.outputs)
 
 
+def has_dropout(block: Block) -> bool:
+    return any(n.op == "dropout" for n in block.body)
+
+
 def register_overhead(block: Block) -> int:
     """Registers a thread needs besides the floats it keeps (REGISTER_OVERHEAD, DROPOUT_REGISTERS)."""
-    return REGISTER_OVERHEAD + (DROPOUT_REGISTERS if any(n.op == "dropout" for n in block.body) else 0)
+    return REGISTER_OVERHEAD + (DROPOUT_REGISTERS if has_dropout(block) else 0)
 
 
 def register_budget(block: Block, config: LaunchConfig, arch: Arch) -> int:
@@ -332,19 +336,17 @@ def persistent_variant(block: Block, hidden: int, choice: LaunchConfig, target: 
     if col_sum_count(block) or not block.params_of("weight"):
         return choice
     per_cta = choice.threads * first_phase_load_bytes(block, hidden, choice)
-    fits = []
+    fits = []  # (in registers, the persist to prefer among those alike, config)
     for persist in range(2, min(8, target.max_threads_per_sm // choice.threads) + 1):
         config = replace(choice, persist=persist)
         try:
             check_config(block, hidden, config, target)
         except PlanError:
             continue
-        if persist * per_cta >= IN_FLIGHT_TARGET and weight_home(block, hidden, config, target):
-            fits.append(config)
-    if not fits:
-        return choice
-    return max(fits, key=lambda c: (weight_home(block, hidden, c, target) == "registers",
-                                    c.persist if weight_home(block, hidden, c, target) == "registers" else -c.persist))
+        home = weight_home(block, hidden, config, target)
+        if persist * per_cta >= IN_FLIGHT_TARGET and home:
+            fits.append((home == "registers", persist if home == "registers" else -persist, config))
+    return max(fits, key=lambda fit: fit[:2])[2] if fits else choice
 
 
 def first_phase_load_bytes(block: Block, hidden: int, config: LaunchConfig) -> int:
@@ -361,7 +363,7 @@ def _unroll(block: Block, hidden: int, config: LaunchConfig) -> int:
     iters = chunks_per_thread(hidden, config)
     if config.cache == "registers" or col_sum_count(block):
         return iters
-    return min(iters, STAGED_UNROLL[any(n.op == "dropout" for n in block.body)])
+    return min(iters, STAGED_UNROLL[has_dropout(block)])
 
 
 def _candidates(vectors: int, tpr: int, rows_per_cta: int, vec: int, target: Arch) -> Iterator[LaunchConfig]:
@@ -533,7 +535,8 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     # One draw per site and row: a backward's dropout reuses its forward's mask (same site, same
     # uniforms); a later phase reads the bits the first one kept when every chunk index is static
     # (the phase loop fully unrolled), and draws again otherwise.
-    keep_bits = _unroll(low, hidden, config) == chunks_per_thread(hidden, config)
+    iters, unroll = chunks_per_thread(hidden, config), _unroll(low, hidden, config)
+    keep_bits = unroll == iters
     uses: dict[int, set[int]] = {}  # site -> the phases that need its mask
     for s, work in enumerate(cache.phases):
         for n in work.nodes:
@@ -576,14 +579,12 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
                      and n.op != "const")
     row_prologue = tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in low.body
                          if n.kind is Kind.ROWS and stage[n] == 0 and n.op not in REDUCE_OPS + PARAM_OPS)
-    uses_dropout = any(n.op == "dropout" for n in low.body)
+    uses_dropout = has_dropout(low)
     masks = tuple(d for phase in phases for d in phase.dropouts if d.keep)
     params = _abi(low, row_in, row_out, uses_dropout, col_sums)
     dtypes = {d for d in row_dtypes(low)} | {p.dtype for p in low.params} | {o.dtype for o in low.outputs} | {
         n.attr("dtype") for n in low.body if n.op == "cast"}
     includes = tuple(h for d, h in ((f16, "cuda_fp16.h"), (bf16, "cuda_bf16.h")) if d in dtypes)
-    iters = chunks_per_thread(hidden, config)
-    unroll = _unroll(low, hidden, config)
     return KernelPlan(
         name=kernel_name(low, hidden, config),
         block_name=low.name,

@@ -64,7 +64,8 @@ def _deepnorm(residual, x, weight, bias, alpha):
 #: Catalog block -> the PyTorch code a model would run for it (outputs in the block's order).
 TORCH_FORMULAS: dict[str, Fn] = {
     "llama": _llama, "llama_fp32_residual": _llama_fp32_residual, "gpt2": _gpt2, "gemma": _gemma,
-    "gemma_fp32_residual": _gemma_fp32_residual, "gemma2_sandwich": _gemma2_sandwich, "parallel_residual": _parallel_residual, "deepnorm": _deepnorm,
+    "gemma_fp32_residual": _gemma_fp32_residual, "gemma2_sandwich": _gemma2_sandwich,
+    "parallel_residual": _parallel_residual, "deepnorm": _deepnorm,
 }
 
 

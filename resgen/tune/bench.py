@@ -235,8 +235,7 @@ def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], again
             factories, configs, kernels = _systems(case, hidden, against, backend, progress)
         else:
             factories, configs, kernels = _grad_systems(case, hidden, against, backend, mode, progress)
-        predictions = {name: (lambda r, k=k: cost(k.plan, k.resources[k.plan.entries[0].name], r)
-                              .predicted_fraction) for name, k in kernels.items()}
+        predictions = {name: partial(_predicted, k) for name, k in kernels.items()}
         for rows in rows_list:
             nbytes = mode_bytes(case.block, mode, rows, hidden)
             if nbytes > max_gb * 1e9:
@@ -288,6 +287,11 @@ def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], again
     return records
 
 
+def _predicted(kernel: object, rows: int) -> float:
+    """The cost model's fraction of copy bandwidth for `kernel` (its aligned entry) at `rows`."""
+    return cost(kernel.plan, kernel.resources[kernel.plan.entries[0].name], rows).predicted_fraction
+
+
 def _few_rows_system(case: Case, hidden: int, rows: int, mode: str, backend: str, kernels: dict, configs: dict,
                      predictions: dict) -> dict[str, Callable[[], Callable]]:
     """`resgen-rows`: the forward kernel `rg.compile(..., rows=rows)` builds when the heuristic plans
@@ -302,7 +306,7 @@ def _few_rows_system(case: Case, hidden: int, rows: int, mode: str, backend: str
     if kernel.config == kernels["resgen"].config:
         return {}
     configs["resgen-rows"] = kernel.config
-    predictions["resgen-rows"] = lambda r, k=kernel: cost(k.plan, k.resources[k.plan.entries[0].name], r).predicted_fraction
+    predictions["resgen-rows"] = partial(_predicted, kernel)
     return {"resgen-rows": lambda k=kernel: (lambda a: k(**a))}
 
 
