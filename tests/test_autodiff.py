@@ -13,6 +13,7 @@ import resgen as rg
 from resgen.cli import main
 from resgen.codegen import lower
 from resgen.passes.autodiff import distinct_outputs, saved_statistics, with_saved_statistics
+from resgen.runtime import ops
 from resgen.verification import GRAD_TOLERANCES, compare, gradient_case, random_inputs
 from tests.conftest import CATALOG, DTYPES, FAMILIES, family_config
 from tests.strategies import random_blocks
@@ -249,9 +250,9 @@ def test_a_gradient_two_inputs_share_is_written_once():
     leaves = {k: v.clone().requires_grad_(True) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     out = kernel(**leaves)
     (out.y.float().sum() + out.residual_out.float().square().sum()).backward()
-    backward, same = kernel.training.backward(("residual", "attn", "mlp", "weight", "bias"))
+    text, same = ops.backward_of(kernel.op_text, ("residual", "attn", "mlp", "weight", "bias"))
     assert same == {"d_attn": "d_residual", "d_mlp": "d_residual"}
-    assert [o.name for o in backward.block.outputs] == ["d_residual", "d_weight", "d_bias"]
+    assert [o.name for o in ops.block_of(text).outputs] == ["d_residual", "d_weight", "d_bias"]
     assert torch.equal(leaves["attn"].grad, leaves["residual"].grad) and torch.equal(leaves["mlp"].grad,
                                                                                     leaves["residual"].grad)
     fp32 = rg.compile(rg.catalog.llama_fp32_residual(rg.bf16), 256, backend="emu")  # bf16 d_x, f32 d_residual

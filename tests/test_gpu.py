@@ -97,14 +97,14 @@ def test_dropout_masks_match_the_reference(backend):
 def test_modules_run_on_the_tensors_device(backend):
     device = device_of(backend)
     with torch.no_grad():
-        for module, dtype in ((FusedAddRMSNorm(4096, dtype=torch.bfloat16), rg.bf16),
-                              (FusedAddLayerNorm(4096, dtype=torch.float16, residual_in_fp32=True), rg.f16)):
+        for module, dtype, rdt in ((FusedAddRMSNorm(4096, dtype=torch.bfloat16), rg.bf16, torch.bfloat16),
+                                   (FusedAddLayerNorm(4096, dtype=torch.float16), rg.f16, torch.float32)):
             module = module.to(device)
             x = torch.randn(8, 4096, device=device, dtype=dtype.torch_dtype)
-            r = torch.randn(8, 4096, device=device, dtype=torch.float32 if module.residual_in_fp32 else x.dtype)
+            r = torch.randn(8, 4096, device=device, dtype=rdt)
             y, residual = module(x, r)
             assert y.device.type == device and residual.dtype == r.dtype
-            assert module.kernel_for(x.device).backend == backend
+            assert module.kernel_for(x.device, x.dtype).backend == backend
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

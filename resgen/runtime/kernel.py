@@ -14,7 +14,8 @@ from resgen.codegen.arch import DEFAULT_ARCH
 from resgen.codegen.plan import KernelPlan
 from resgen.errors import BackendUnavailableError, LaunchError, PlanError
 from resgen.ir.block import Block
-from resgen.runtime.autograd import Training, call_with_grad
+from resgen.ir.printer import print_block
+from resgen.runtime import ops
 from resgen.runtime.compile import compile_for_device
 from resgen.runtime.launch import Launch, LaunchTemplate, prepare
 from resgen.runtime.nvrtc import Resources, parse_resources
@@ -76,7 +77,17 @@ class Kernel:
         self._scalars = tuple(p.name for p in block.params_of("scalar"))
         self._lock = threading.Lock()
         self._sanitizing = getattr(backend, "sanitize", False)
-        self.training: Training | None = None  # the kernels autograd uses, compiled on the first such call
+        # What a call through the custom op `resgen::run` passes (resgen.runtime.ops), fixed here so that
+        # Dynamo reads constants when it traces a call.
+        self.op_text = print_block(block)
+        self.op_kernel = str(plan.config) + (ops.SANITIZE if self._sanitizing else "")
+        self.op_params = tuple(p.name for p in block.params)
+        self.op_tensors = tuple(p.name for p in block.params if p.op != "scalar")
+        self.op_scalars = self._scalars
+        self.op_kinds = {p.name: p.op for p in block.params}
+        self.op_outputs = tuple(o.name for o in block.outputs)
+        self.op_inplace = {o.name: o.inplace for o in block.outputs if o.inplace}
+        ops.kernels.remember(self)
 
     @property
     def backend(self) -> str:
@@ -104,15 +115,21 @@ class Kernel:
     def __call__(self, **kwargs: Any) -> Outputs:
         """Run the kernel. A call whose tensors have the layout of an earlier call takes the warm path:
         no allocation but the outputs not passed in, no synchronization, capturable in a CUDA graph.
-        With grad mode on and a row input or weight that requires grad, the call is an autograd op
-        (resgen.runtime.autograd): its outputs carry a grad_fn whose backward is a generated kernel."""
+        Under torch.compile, and with grad mode on and a row input or weight that requires grad, the
+        call goes through the custom op `resgen::run` (resgen.runtime.ops): traceable without graph
+        breaks, and its outputs carry a grad_fn whose backward is the generated backward kernel."""
+        if torch.compiler.is_compiling():
+            return ops.call(self, kwargs)
+        return self.launch(kwargs, torch.is_grad_enabled())
+
+    def launch(self, kwargs: dict[str, Any], grad_mode: bool = False) -> Outputs:
+        """Run the kernel on `kwargs` directly (what `resgen::run` does; __call__ without the op)."""
         # One pass over the arguments: the layout key, and whether this call records gradients.
-        grad_mode = torch.is_grad_enabled()
         key, tensors = [], {}
         for k, v in kwargs.items():
             if isinstance(v, torch.Tensor):
                 if grad_mode and v.requires_grad:  # an autograd op: the training forward now, the backward later
-                    return call_with_grad(self, kwargs)
+                    return ops.call(self, kwargs)
                 tensors[k] = v
                 key.append((k, v.shape, v.stride(), v.dtype, v.device))
             else:
