@@ -10,8 +10,8 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install -q torch==2.13.0
 fi
-if ! .venv/bin/python -c "import resgen, pytest, xdist, hypothesis, cupy, matplotlib" 2>/dev/null \
+if ! .venv/bin/python -c "import resgen, pytest, xdist, hypothesis, cupy, matplotlib, transformers" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.resgen-installed ]; then
-    .venv/bin/pip install -q -e ".[test,bench]"
+    .venv/bin/pip install -q -e ".[test,bench,hf]"
     touch .venv/.resgen-installed
 fi

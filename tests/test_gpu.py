@@ -240,3 +240,48 @@ def test_kernel_gradients_match_torch_autograd(backend, hidden, name):
     for n, got, want in zip(diff, *results, strict=True):
         check = compare(f"d_{n}", rg.bf16, got, want, GRAD_TOLERANCES)
         assert check.ok, (n, check)
+
+
+def _has_transformers() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformers") is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_model_of_resgen_modules_compiles_as_one_graph_and_trains(backend):
+    """torch.compile(fullgraph=True): the default backend (inductor) on a GPU, aot_eager on emu."""
+    from tests.test_torch_integration import Net
+
+    device = device_of(backend)
+    torch.manual_seed(0)
+    net = Net().to(device)
+    x = torch.randn(4, 64, 16, device=device)
+    loss = net(x)
+    loss.backward()
+    want = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad()
+    compiled = torch.compile(net, fullgraph=True, backend="inductor" if backend == "cuda" else "aot_eager")
+    got = compiled(x)
+    got.backward()
+    torch.testing.assert_close(got, loss, rtol=1e-4, atol=1e-5)
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], rtol=1e-3, atol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("backend", ["emu", *([pytest.param("cuda", marks=gpu)] if _has_transformers() else [])])
+def test_a_patched_hugging_face_model_compiles_as_one_graph(backend):
+    pytest.importorskip("transformers")
+    import resgen.hf
+    from tests.test_hf import logits, make, tokens
+
+    device = device_of(backend)
+    model = make("llama").to(device=device, dtype=torch.bfloat16)
+    want = logits(model, tokens().to(device))
+    resgen.hf.patch(model, rounding="hf")
+    compiled = torch.compile(model, fullgraph=True, backend="inductor" if backend == "cuda" else "aot_eager")
+    got = logits(compiled, tokens().to(device))
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    if backend == "emu":  # on a GPU, torch's own rsqrt and reductions are not the CPU's: compare values
+        assert (got == want).float().mean().item() >= 0.99
+    assert ((got.float() - want.float()).norm() / want.float().norm()).item() <= 1e-2
