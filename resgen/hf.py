@@ -33,8 +33,7 @@ import torch
 from torch import nn
 
 from resgen.errors import SpecError
-from resgen.nn import LayerNorm, RMSNorm, add_norm, sandwich
-from resgen.nn import ROUNDINGS as _ROUNDINGS
+from resgen.nn import ROUNDINGS, LayerNorm, RMSNorm, add_norm, sandwich
 
 
 @dataclass(frozen=True)
@@ -98,8 +97,8 @@ def patch(model: nn.Module, rounding: str = "hf", fuse: bool = True) -> PatchRep
     """
     if not isinstance(model, nn.Module):
         raise SpecError(f"patch: argument 'model' must be a torch.nn.Module, got {type(model).__name__}")
-    if rounding not in _ROUNDINGS:
-        raise SpecError(f"patch: argument 'rounding' must be one of {', '.join(map(repr, _ROUNDINGS))}, got {rounding!r}")
+    if rounding not in ROUNDINGS:
+        raise SpecError(f"patch: argument 'rounding' must be one of {', '.join(map(repr, ROUNDINGS))}, got {rounding!r}")
     done = model.__dict__.get("_resgen_patch")
     if done is not None:
         return PatchReport(done.model_type, done.rounding, note=f"already patched (rounding={done.rounding!r}): "
