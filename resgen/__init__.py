@@ -18,13 +18,19 @@ from resgen.ir.block import Block, Output, Value
 from resgen.ir.builder import (
     abs,
     cast,
+    clamp,
     col_sum,
     dropout,
     eq,
+    exp2,
+    floor,
     gt,
     layer_norm,
+    log2,
     maximum,
+    minimum,
     rms_norm,
+    round,
     row_max,
     row_mean,
     row_sum,
@@ -32,7 +38,7 @@ from resgen.ir.builder import (
     rsqrt,
     sqrt,
 )
-from resgen.ir.dtypes import DType, bf16, f16, f32
+from resgen.ir.dtypes import DType, bf16, f8e4m3, f8e5m2, f16, f32, i8
 from resgen.passes import pipeline
 from resgen.passes.autodiff import grad
 from resgen.reference import reference
@@ -45,7 +51,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError", "Block", "CompileError", "DType", "IRTypeError", "Kernel", "LaunchConfig",
     "LaunchError", "Output", "Outputs", "PlanError", "ResgenError", "SpecError", "Value", "VerifyError",
-    "VerifyReport", "abs", "bf16", "cast", "catalog", "col_sum", "compile", "dropout", "emit", "eq", "f16", "f32",
-    "grad", "gt", "layer_norm", "maximum", "pipeline", "reference", "rms_norm", "row_max", "row_mean", "row_sum", "row_var",
-    "rsqrt", "sqrt", "verify",
+    "VerifyReport", "abs", "bf16", "cast", "catalog", "clamp", "col_sum", "compile", "dropout", "emit", "eq", "exp2",
+    "f8e4m3", "f8e5m2", "f16", "f32", "floor", "grad", "gt", "i8", "layer_norm", "log2", "maximum", "minimum", "pipeline",
+    "reference", "rms_norm", "round", "row_max", "row_mean", "row_sum", "row_var", "rsqrt", "sqrt", "verify",
 ]

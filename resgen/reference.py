@@ -14,6 +14,7 @@ import sympy
 import torch
 
 from resgen.ir.block import Block
+from resgen.ir.dtypes import to_storage
 from resgen.ir.nodes import H, Kind, Node
 from resgen.passes.decompose import DecomposeNorms
 from resgen.philox import keep_mask
@@ -21,10 +22,12 @@ from resgen.signature import BoundCall, Outputs, bind
 
 _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "maximum": torch.maximum,
+    "minimum": torch.minimum,
     "eq": lambda a, b: (a == b).float(), "gt": lambda a, b: (a > b).float(),
 }
 _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "neg": torch.neg, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "abs": torch.abs,
+    "neg": torch.neg, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "abs": torch.abs, "round": torch.round,
+    "floor": torch.floor, "log2": torch.log2, "exp2": torch.exp2,
 }
 
 
@@ -78,7 +81,7 @@ class _Interpreter:
         if op in _UNARY:
             return _UNARY[op](args[0])
         if op == "cast":
-            return args[0].to(node.attr("dtype").torch_dtype).float()
+            return to_storage(args[0], node.attr("dtype")).float()
         if op == "row_sum":
             return args[0].to(self.accumulate).sum(dim=-1, keepdim=True).float()
         if op == "row_max":
@@ -113,7 +116,7 @@ def evaluate(block: Block, call: BoundCall, accumulate: torch.dtype = torch.floa
             value = value.expand(call.hidden)
         else:
             value = value.reshape(call.rows).reshape(call.lead)
-        results[out.name] = value.to(out.dtype.torch_dtype)
+        results[out.name] = to_storage(value, out.dtype)
     return Outputs(results)
 
 

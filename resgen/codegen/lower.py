@@ -31,7 +31,7 @@ from resgen.codegen.plan import (
 )
 from resgen.errors import PlanError
 from resgen.ir.block import Block
-from resgen.ir.dtypes import DType, bf16, f16
+from resgen.ir.dtypes import DType
 from resgen.ir.nodes import PARAM_OPS, REDUCE_OPS, Kind, Node
 from resgen.ir.printer import print_block
 from resgen.passes import pipeline
@@ -451,14 +451,15 @@ class _Namer:
         op = node.op
         if op in ("add", "sub", "mul", "div"):
             return f"{a[0]} {dict(add='+', sub='-', mul='*', div='/')[op]} {a[1]}"
-        if op == "maximum":
-            return f"rg_fmax({a[0]}, {a[1]})"
+        if op in ("maximum", "minimum"):
+            return f"{'rg_fmax' if op == 'maximum' else 'rg_fmin'}({a[0]}, {a[1]})"
         if op in ("eq", "gt"):
             return f"({a[0]} {'==' if op == 'eq' else '>'} {a[1]} ? 1.0f : 0.0f)"
         if op == "neg":
             return f"-{a[0]}"
-        if op in ("sqrt", "rsqrt", "abs"):
-            return f"{dict(sqrt='sqrtf', rsqrt='rsqrtf', abs='fabsf')[op]}({a[0]})"
+        if op in ("sqrt", "rsqrt", "abs", "round", "floor", "log2", "exp2"):
+            c = dict(sqrt="sqrtf", rsqrt="rsqrtf", abs="fabsf", round="rintf", floor="floorf", log2="log2f", exp2="exp2f")
+            return f"{c[op]}({a[0]})"
         if op == "cast":
             return f"rg_round<{node.attr('dtype').c_type}>({a[0]})"
         if op == "dropout":
@@ -584,7 +585,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     params = _abi(low, row_in, row_out, uses_dropout, col_sums)
     dtypes = {d for d in row_dtypes(low)} | {p.dtype for p in low.params} | {o.dtype for o in low.outputs} | {
         n.attr("dtype") for n in low.body if n.op == "cast"}
-    includes = tuple(h for d, h in ((f16, "cuda_fp16.h"), (bf16, "cuda_bf16.h")) if d in dtypes)
+    includes = tuple(sorted({d.header for d in dtypes if d.header}))
     return KernelPlan(
         name=kernel_name(low, hidden, config),
         block_name=low.name,

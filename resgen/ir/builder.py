@@ -28,6 +28,33 @@ def maximum(a: Operand, b: Operand) -> Value:
     return binary("maximum", a, b)
 
 
+def minimum(a: Operand, b: Operand) -> Value:
+    """Elementwise minimum; NaN in either operand gives NaN (torch.minimum)."""
+    return binary("minimum", a, b)
+
+
+def clamp(v: Value, lo: Operand, hi: Operand) -> Value:
+    """minimum(maximum(v, lo), hi), as torch.clamp: NaN stays NaN; lo > hi gives hi."""
+    return minimum(maximum(v, lo), hi)
+
+
+def round(v: Value) -> Value:  # noqa: A001 - the public name DESIGN.md gives
+    """Round half to even (torch.round); no gradient."""
+    return unary("round", v)
+
+
+def floor(v: Value) -> Value:
+    return unary("floor", v)
+
+
+def log2(v: Value) -> Value:
+    return unary("log2", v)
+
+
+def exp2(v: Value) -> Value:
+    return unary("exp2", v)
+
+
 def col_sum(v: Value) -> Value:
     """Sum over the rows of each column: a float32 column vector (weight and bias gradients).
 

@@ -32,8 +32,9 @@ class Kind(enum.Enum):
 
 PARAM_OPS = ("input", "weight", "scalar", "row_scalar")
 #: Elementwise ops of two operands; eq and gt give 1.0 where the comparison holds, else 0.0.
-BINARY_OPS = ("add", "sub", "mul", "div", "maximum", "eq", "gt")
-UNARY_OPS = ("neg", "sqrt", "rsqrt", "abs")
+BINARY_OPS = ("add", "sub", "mul", "div", "maximum", "minimum", "eq", "gt")
+#: round is half to even (torch.round); round and floor have no gradient.
+UNARY_OPS = ("neg", "sqrt", "rsqrt", "abs", "round", "floor", "log2", "exp2")
 #: Row reductions; row_var is the population variance (divides by hidden), taken in one pass.
 REDUCE_OPS = ("row_sum", "row_mean", "row_max", "row_var")
 #: Reductions over the rows of each column: a column vector (weight and bias gradients).

@@ -17,6 +17,7 @@ float32 over the rows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -148,6 +149,15 @@ def _backprop(tape: _Tape, n: Node, a: Node) -> None:
         tie = _op("mul", _op("eq", x, y), 0.5)
         tape.add(args[0], _op("mul", a, _op("add", _op("gt", x, y), tie)))
         tape.add(args[1], _op("mul", a, _op("add", _op("gt", y, x), tie)))
+    elif op == "minimum":
+        x, y = P[args[0]], P[args[1]]
+        tie = _op("mul", _op("eq", x, y), 0.5)
+        tape.add(args[0], _op("mul", a, _op("add", _op("gt", y, x), tie)))
+        tape.add(args[1], _op("mul", a, _op("add", _op("gt", x, y), tie)))
+    elif op == "log2":  # 1 / (x ln 2)
+        tape.add(args[0], _op("div", a, _op("mul", P[args[0]], math.log(2.0))))
+    elif op == "exp2":  # 2^x ln 2
+        tape.add(args[0], _op("mul", a, _op("mul", P[n], math.log(2.0))))
     elif op == "cast":  # torch rounds the gradient to the cast's dtype
         tape.add(args[0], make("cast", (a,), dtype=n.attr("dtype")))
     elif op == "dropout":  # the same mask, regenerated from (seed, offset, row, column, site)
@@ -162,7 +172,7 @@ def _backprop(tape: _Tape, n: Node, a: Node) -> None:
     elif op == "row_max":  # torch's rule: the gradient is shared evenly by the maxima of the row
         hit = _op("eq", P[args[0]], P[n])
         tape.add(args[0], _op("mul", a, _op("div", hit, make("row_sum", (hit,)))))
-    elif op in ("eq", "gt", "const"):
+    elif op in ("eq", "gt", "const", "round", "floor"):
         pass  # piecewise constant: no gradient
     else:
         raise VerifyError(f"grad: no adjoint rule for op {op!r}")

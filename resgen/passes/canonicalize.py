@@ -6,7 +6,7 @@ import sympy
 import torch
 
 from resgen.ir.block import Block
-from resgen.ir.dtypes import f32
+from resgen.ir.dtypes import f32, to_storage
 from resgen.ir.nodes import BINARY_OPS, UNARY_OPS, Node, const, make
 from resgen.passes.base import rewrite
 
@@ -16,6 +16,8 @@ _FOLD = {
     "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b,
     "maximum": sympy.Max,
+    "minimum": sympy.Min,
+    "floor": sympy.floor,
     "neg": lambda a: -a,
     "sqrt": sympy.sqrt,
     "rsqrt": lambda a: 1 / sympy.sqrt(a),
@@ -25,7 +27,7 @@ _FOLD = {
 
 def round_to(value: sympy.Expr, node: Node) -> sympy.Expr:
     """A numeric constant rounded to the storage dtype of a cast, as torch rounds it."""
-    as_float = torch.tensor(float(value), dtype=torch.float32).to(node.attr("dtype").torch_dtype).float()
+    as_float = to_storage(torch.tensor(float(value), dtype=torch.float32), node.attr("dtype")).float()
     return sympy.Float(as_float.item())
 
 

@@ -6,7 +6,7 @@ from resgen.ir.block import Block
 from resgen.ir.nodes import Node, make
 from resgen.passes.base import rewrite
 
-COMMUTATIVE = ("add", "mul", "maximum")
+COMMUTATIVE = ("add", "mul", "maximum", "minimum")
 
 
 @dataclass(frozen=True)
