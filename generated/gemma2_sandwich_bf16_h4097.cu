@@ -73,6 +73,43 @@ template <> struct rg_io<__nv_bfloat16> {
     static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
 };
 #endif
+#ifdef __CUDA_FP8_H__
+// float8: torch's rounding. __nv_cvt_float_to_fp8 with __NV_SATFINITE is one cvt.rn.satfinite on
+// sm_89+ and NVIDIA's software conversion elsewhere (the emulator included); both round to nearest
+// even and saturate. torch keeps a NaN's sign (the conversion makes every NaN 0x7f), and e5m2,
+// which has inf, overflows to inf from 61440 (the midpoint past its largest finite, 57344) up.
+__device__ __forceinline__ unsigned char rg_fp8_nan(float v, unsigned char bits) {
+    return v != v ? (unsigned char)(0x7f | (__float_as_int(v) < 0 ? 0x80 : 0)) : bits;
+}
+__device__ __forceinline__ float rg_fp8_float(float f, unsigned char bits) {  // a NaN keeps its sign
+    return f != f ? __int_as_float((bits & 0x80) ? (int)0xffc00000u : 0x7fc00000) : f;
+}
+template <> struct rg_io<__nv_fp8_e4m3> {
+    static __device__ __forceinline__ float to_float(__nv_fp8_e4m3 v) { return rg_fp8_float(static_cast<float>(v), v.__x); }
+    static __device__ __forceinline__ __nv_fp8_e4m3 from_float(float v) {
+        __nv_fp8_e4m3 r;
+        r.__x = rg_fp8_nan(v, __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+        return r;
+    }
+};
+template <> struct rg_io<__nv_fp8_e5m2> {
+    static __device__ __forceinline__ float to_float(__nv_fp8_e5m2 v) { return rg_fp8_float(static_cast<float>(v), v.__x); }
+    static __device__ __forceinline__ __nv_fp8_e5m2 from_float(float v) {
+        __nv_fp8_e5m2 r;
+        const unsigned char inf = __float_as_int(v) < 0 ? 0xfc : 0x7c;
+        r.__x = rg_fp8_nan(v, fabsf(v) >= 61440.0f ? inf : __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E5M2));
+        return r;
+    }
+};
+#endif
+// int8: round half to even, saturate to [-128, 127], NaN to 0 (cvt.rni.sat.s8.f32's rule).
+template <> struct rg_io<signed char> {
+    static __device__ __forceinline__ float to_float(signed char v) { return (float)v; }
+    static __device__ __forceinline__ signed char from_float(float v) {
+        if (v != v) return 0;
+        return (signed char)fminf(fmaxf(rintf(v), -128.0f), 127.0f);
+    }
+};
 
 // Round to storage type T and back, as torch's .to(T) does.
 template <typename T> __device__ __forceinline__ float rg_round(float v) {
@@ -168,6 +205,8 @@ __device__ __forceinline__ float rg_neg_inf() { return __int_as_float((int)0xff8
 
 // torch.maximum: NaN in either operand gives NaN (fmaxf would drop it); equal operands give a.
 __device__ __forceinline__ float rg_fmax(float a, float b) { return (a < b || b != b) ? b : a; }
+// torch.minimum: the same rule (fminf would drop a NaN).
+__device__ __forceinline__ float rg_fmin(float a, float b) { return (b < a || b != b) ? b : a; }
 
 struct rg_sum { static __device__ __forceinline__ float apply(float a, float b) { return a + b; } };
 struct rg_max { static __device__ __forceinline__ float apply(float a, float b) { return rg_fmax(a, b); } };

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from resgen.errors import SpecError
 from resgen.ir import builder as rg
 from resgen.ir.block import Block
-from resgen.ir.dtypes import DType, as_dtype, bf16, f32
+from resgen.ir.dtypes import DType, as_dtype, bf16, f8e4m3, f32, i8
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class CatalogEntry:
 
     name: str
     build: Callable[..., Block]
+    trainable: bool = True  # False: an inference block (quantized outputs have no gradient)
 
     @property
     def doc(self) -> str:
@@ -56,6 +57,8 @@ def _check_parameter(entry: CatalogEntry, name: str, value: object) -> object:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SpecError(f"{what} must be a finite number, got {value!r}")
     if name == "eps" and not value > 0:
+        raise SpecError(f"{what} must be > 0, got {value!r}")
+    if name == "min_scale" and not value > 0:
         raise SpecError(f"{what} must be > 0, got {value!r}")
     if name == "p" and not 0 <= value < 1:
         raise SpecError(f"{what} (dropout probability) must be in [0, 1), got {value!r}")
@@ -167,11 +170,64 @@ def llama_fp32_residual(dt: DType, eps: float = 1e-6, offset: float = 0.0) -> Bl
     return b
 
 
+#: The largest finite float8_e4m3fn.
+FP8_E4M3_MAX = 448.0
+
+
+def _llama_quantized(name: str, dt: DType, eps: float) -> tuple[Block, rg.Value]:
+    """The add + RMSNorm all llama_* quantized entries share, rounded like vLLM's kernels: the sum in
+    the model dtype (`z = input + residual` in scalar_t), the normalized value rounded to the model
+    dtype before the weight multiplies it (`(scalar_t)(x * rstd) * weight`, in float32)."""
+    b = Block(name)
+    h = rg.cast(b.input("x", dt) + b.input("residual", dt), dt)
+    b.output("residual_out", h, dtype=dt)
+    return b, rg.cast(rg.rms_norm(h, eps=eps), dt) * b.weight("weight", dt)
+
+
+def llama_fp8_static(dt: DType, eps: float = 1e-6) -> Block:
+    """Add + RMSNorm quantized to float8 e4m3 with a per-tensor scale (vLLM fused_add_rms_norm_static_fp8_quant).
+
+    h = x + residual (rounded to dt); residual_out = h; y = (rms_norm(h) rounded to dt) * weight;
+    q = e4m3(clamp(y * (1 / scale), -448, 448)), `scale` a runtime scalar (vLLM's scaled_fp8_conversion
+    with the inverted scale).
+    """
+    b, y = _llama_quantized("llama_fp8_static", dt, eps)
+    b.output("q", rg.cast(rg.clamp(y * (1.0 / b.scalar("scale")), -FP8_E4M3_MAX, FP8_E4M3_MAX), f8e4m3))
+    return b
+
+
+def llama_fp8_dynamic(dt: DType, eps: float = 1e-6, min_scale: float = 1 / (FP8_E4M3_MAX * 512)) -> Block:
+    """Add + RMSNorm quantized to float8 e4m3 per token (vLLM rms_norm_dynamic_per_token_quant, fp8).
+
+    h, residual_out, y as llama_fp8_static; scale = max(row_max(|y|) / 448, min_scale), float32 per row
+    (vLLM's min scaling factor 1 / (448 * 512)); q = e4m3(clamp(y / scale, -448, 448)).
+    """
+    b, y = _llama_quantized("llama_fp8_dynamic", dt, eps)
+    scale = rg.maximum(rg.row_max(rg.abs(y)) / FP8_E4M3_MAX, min_scale)
+    b.output("q", rg.cast(rg.clamp(y / scale, -FP8_E4M3_MAX, FP8_E4M3_MAX), f8e4m3))
+    b.output("scale", scale, dtype=f32)
+    return b
+
+
+def llama_int8_dynamic(dt: DType, eps: float = 1e-6) -> Block:
+    """Add + RMSNorm quantized to int8 per token (vLLM rms_norm_dynamic_per_token_quant, int8).
+
+    h, residual_out, y as llama_fp8_static; scale = row_max(|y|) / 127, float32 per row;
+    q = i8(y / scale): rounded half to even and saturated to [-128, 127] (a row of zeros: scale 0, q 0).
+    """
+    b, y = _llama_quantized("llama_int8_dynamic", dt, eps)
+    scale = rg.row_max(rg.abs(y)) / 127.0
+    b.output("q", rg.cast(y / scale, i8))
+    b.output("scale", scale, dtype=f32)
+    return b
+
+
 class Catalog(Mapping[str, CatalogEntry]):
     """`rg.catalog["llama"](rg.bf16)` builds a block; `rg.catalog.llama` is the same entry."""
 
-    def __init__(self, builders: list[Callable[..., Block]]) -> None:
+    def __init__(self, builders: list[Callable[..., Block]], inference: list[Callable[..., Block]]) -> None:
         self._entries = {f.__name__: CatalogEntry(f.__name__, f) for f in builders}
+        self._entries.update({f.__name__: CatalogEntry(f.__name__, f, trainable=False) for f in inference})
 
     def __getitem__(self, name: str) -> CatalogEntry:
         try:
@@ -195,4 +251,4 @@ class Catalog(Mapping[str, CatalogEntry]):
 
 
 catalog = Catalog([llama, gpt2, bert, deepnorm, gemma, gemma_fp32_residual, gemma2_sandwich, parallel_residual,
-                   llama_fp32_residual])
+                   llama_fp32_residual], inference=[llama_fp8_static, llama_fp8_dynamic, llama_int8_dynamic])

@@ -23,8 +23,8 @@ def default_out() -> Path:
 
 
 def generated_files() -> dict[str, str]:
-    """File name -> emitted source, for every catalog block at every GENERATED_HIDDEN size, and its
-    backward (rg.grad) at the first size."""
+    """File name -> emitted source, for every catalog block at every GENERATED_HIDDEN size, and the
+    backward (rg.grad) of every trainable one at the first size."""
     from resgen.passes.autodiff import grad
 
     forward = {
@@ -34,7 +34,7 @@ def generated_files() -> dict[str, str]:
     }
     backward = {f"{name}_grad_{bf16}_h{GENERATED_HIDDEN[0]}.cu": emit(grad(entry(bf16)), GENERATED_HIDDEN[0],
                                                                     arch=GENERATED_ARCH)
-                for name, entry in catalog.items()}
+                for name, entry in catalog.items() if entry.trainable}
     return {**forward, **backward}
 
 

@@ -59,12 +59,12 @@ def _block_text(spec: str, x: torch.dtype, residual: torch.dtype | None, weight:
     return _text(spec, x, residual, weight)
 
 
-def _run(text: str, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+def _run(text: str, tensors: list[torch.Tensor], scalars: list[float] | None = None) -> list[torch.Tensor]:
     """The op under torch.compile and when recording gradients; else the same kernel, called directly."""
     training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if training or torch.compiler.is_compiling():
-        return ops.run(text, "", tensors, [], 0, 0, training)
-    return ops.launch(ops.signature(text), "", tensors, (), 0, 0)
+        return ops.run(text, "", tensors, scalars or [], 0, 0, training)
+    return ops.launch(ops.signature(text), "", tensors, scalars or (), 0, 0)
 
 
 class _Norm(nn.Module):
@@ -224,15 +224,60 @@ class LayerNorm(_Norm):
         return self._norm_of(x)
 
 
+#: FusedAddRMSNorm's quantized outputs: the catalog entry each one runs (its docstring has the formula).
+QUANT = {"fp8_static": "llama_fp8_static", "fp8_dynamic": "llama_fp8_dynamic", "int8_dynamic": "llama_int8_dynamic"}
+
+
 class FusedAddRMSNorm(RMSNorm):
     """(y, h) = (rms_norm(h) * (offset + weight), h) for h = x + residual, in one kernel; the returned
     residual keeps the residual's dtype (pass it as float32 for a float32 residual stream).
-    residual=None: the plain norm of x, and x returned as the residual."""
+    residual=None: the plain norm of x, and x returned as the residual.
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    quant="fp8_static" | "fp8_dynamic" | "int8_dynamic": the normalized output quantized in the same
+    kernel (the catalog's llama_* entries, vLLM's rounding): forward(x, residual[, scale]) returns
+    (q, scale, residual), scale the per-tensor one passed (fp8_static) or float32 per row.
+    """
+
+    SETTINGS = ("eps", "offset", "rounding", "quant")
+
+    def __init__(self, hidden: int, eps: float = 1e-6, elementwise_affine: bool = True, offset: float = 0.0,
+                 rounding: str = "fused", quant: str | None = None, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> None:
+        if quant is not None and quant not in QUANT:
+            raise ValueError(f"quant must be None or one of {', '.join(map(repr, QUANT))}, got {quant!r}")
+        if quant is not None and (offset or not elementwise_affine):
+            raise ValueError("quant needs offset=0 and elementwise_affine=True (the catalog entries' form)")
+        self.quant = quant
+        super().__init__(hidden, eps, elementwise_affine, offset, rounding, dtype, device)
+
+    def block(self, x: torch.dtype, residual: torch.dtype | None, weight: torch.dtype | None,
+              residual_out: bool = True) -> Block:
+        if self.quant is None or residual is None:
+            return super().block(x, residual, weight, residual_out)
+        if not x == residual == weight:
+            raise LaunchError(f"quant={self.quant!r}: x, residual and weight must share one dtype, got {x}, "
+                              f"{residual}, {weight}")
+        from resgen.catalog import catalog
+
+        return catalog[QUANT[self.quant]](as_dtype(x, what="x"), eps=self.eps)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, scale: float | None = None) -> tuple:
+        if self.quant is None:
+            if residual is None:
+                return self._norm_of(x), x
+            return self._add_norm_of(x, residual)
         if residual is None:
-            return self._norm_of(x), x
-        return self._add_norm_of(x, residual)
+            raise LaunchError(f"quant={self.quant!r}: pass the residual (the quantizing kernel adds it)")
+        static = self.quant == "fp8_static"
+        if static != (scale is not None):
+            raise LaunchError("argument 'scale' (the per-tensor scale) is required with quant='fp8_static' and "
+                              "taken by no other quant")
+        self._check("x", x)
+        self._check("residual", residual)
+        text = _block_text("add:" + self._spec, x.dtype, residual.dtype, self._wdtype())
+        out = _run(text, self._tensors(x, residual), [float(scale)] if static else None)
+        # outputs in block order: residual_out, q (, scale)
+        return (out[1], torch.tensor(float(scale), device=x.device) if static else out[2], out[0])
 
 
 class FusedAddLayerNorm(LayerNorm):

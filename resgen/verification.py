@@ -12,7 +12,7 @@ import torch
 from resgen.codegen import LaunchConfig
 from resgen.errors import BackendUnavailableError, LaunchError
 from resgen.ir.block import Block
-from resgen.ir.dtypes import DType, bf16, f16, f32
+from resgen.ir.dtypes import DType, bf16, f8e4m3, f8e5m2, f16, f32, i8, to_storage
 from resgen.reference import reference
 from resgen.signature import value_shape
 
@@ -21,7 +21,11 @@ if TYPE_CHECKING:
 
 #: Per storage dtype: (tolerance on ||out - ref|| / ||ref||, tolerance on max |out - ref| / max(1, max |ref|)).
 #: Outputs are compared after rounding, so a one-ulp difference of the storage dtype must pass.
-TOLERANCES: dict[DType, tuple[float, float]] = {f32: (1e-5, 1e-5), f16: (1e-3, 1e-3), bf16: (8e-3, 8e-3)}
+TOLERANCES: dict[DType, tuple[float, float]] = {f32: (1e-5, 1e-5), f16: (1e-3, 1e-3), bf16: (8e-3, 8e-3),
+                                                 # quantized outputs: a value that sits on a rounding
+                                                 # boundary may land one step away (an e4m3 step is 1/8
+                                                 # of the value, an i8 step 1/127 of the row's range)
+                                                 f8e4m3: (2e-2, 0.125), f8e5m2: (4e-2, 0.25), i8: (1e-2, 1 / 64)}
 #: The same for gradients: a norm's backward multiplies float32 rounding error by rstd (up to
 #: 1/sqrt(eps) for a constant row) and differences two row sums, so ten times the forward's.
 GRAD_TOLERANCES: dict[DType, tuple[float, float]] = {d: (10 * r, 10 * a) for d, (r, a) in TOLERANCES.items()}
@@ -93,7 +97,9 @@ def random_inputs(block: Block, lead: tuple[int, ...], hidden: int, *, seed: int
         values = torch.randn(shape, generator=gen, device=device)
         if p.op == "weight":
             values = 1.0 + 0.5 * values
-        args[p.name] = values.to(p.dtype.torch_dtype)
+        if not p.dtype.is_float:
+            values = 32 * values  # integer inputs: spread over many codes, not just -1, 0, 1
+        args[p.name] = to_storage(values, p.dtype)
     return args
 
 
@@ -132,21 +138,33 @@ GUARD = 64
 ROW_GAP = 8
 
 
-def guarded_output(shape: tuple[int, ...], dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(view, backing buffer): a NaN-filled output carved out of a larger NaN buffer, rows apart by
-    ROW_GAP elements, so a write outside the view changes the buffer where no element lives."""
+#: What fills an output before the kernel runs: NaN, or for integer outputs (which have no NaN) one of
+#: two values; a kernel runs once per value, and an element that differs between the runs was never
+#: written.
+INT_POISONS = (-128, 85)
+
+
+def poison(dtype: torch.dtype, run: int = 0) -> float:
+    return float("nan") if dtype.is_floating_point else INT_POISONS[run]
+
+
+def guarded_output(shape: tuple[int, ...], dtype: torch.dtype, device: str,
+                   fill: float = float("nan")) -> tuple[torch.Tensor, torch.Tensor]:
+    """(view, backing buffer): a poison-filled output carved out of a larger poisoned buffer, rows
+    apart by ROW_GAP elements, so a write outside the view changes the buffer where no element lives."""
     rows, pitch = shape[0], shape[1] + ROW_GAP if len(shape) == 2 else 1
-    backing = torch.full((2 * GUARD + rows * pitch,), float("nan"), dtype=dtype, device=device)
+    backing = torch.full((2 * GUARD + rows * pitch,), fill, dtype=dtype, device=device)
     view = backing[GUARD:GUARD + rows * pitch].view(rows, pitch)[:, : shape[1]] if len(shape) == 2 else (
         backing[GUARD:GUARD + rows])
     return view, backing
 
 
-def untouched_outside(view: torch.Tensor, backing: torch.Tensor) -> bool:
-    """True when every element of `backing` outside `view` is still NaN."""
+def untouched_outside(view: torch.Tensor, backing: torch.Tensor, fill: float = float("nan")) -> bool:
+    """True when every element of `backing` outside `view` still holds the poison `fill`."""
     inside = torch.zeros(backing.shape, dtype=torch.bool, device=backing.device)
     inside.as_strided(view.shape, view.stride(), view.storage_offset() - backing.storage_offset()).fill_(True)
-    return bool(backing[~inside].isnan().all())
+    outside = backing[~inside]
+    return bool(outside.isnan().all() if math.isnan(fill) else (outside == fill).all())
 
 
 def gradient_case(block: Block, rows: int, hidden: int, *, seed: int = 0, device: str | torch.device = "cpu"
@@ -226,21 +244,31 @@ def verify_kernel(kernel: Kernel, rows: int, seed: int = 0,
     else:
         args, want = cases
 
-    def run() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def run(fill: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         call = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
         backings = {}
         for o in block.outputs:
             if not o.inplace:
                 call[o.name], backings[o.name] = guarded_output(value_shape(o.node.kind, (rows,), hidden),
-                                                                o.dtype.torch_dtype, device)
+                                                                o.dtype.torch_dtype, device,
+                                                                poison(o.dtype.torch_dtype, fill))
         got = kernel(**call, seed=seed)
         return {o.name: got[o.name] for o in block.outputs}, backings
 
     got, backings = run()
     checks = tuple(
         replace(compare(o.name, o.dtype, got[o.name], want[o.name], tolerances),
-                guard_ok=o.name not in backings or untouched_outside(got[o.name], backings[o.name]))
+                guard_ok=o.name not in backings or untouched_outside(got[o.name], backings[o.name],
+                                                                     poison(o.dtype.torch_dtype)))
         for o in block.outputs)
+    integers = [k for k, o in enumerate(block.outputs) if not o.dtype.is_float and o.name in backings]
+    if integers:  # no NaN to poison with: run again over the other poison; an unwritten element differs
+        again, backings = run(1)
+        for k in integers:
+            name = block.outputs[k].name
+            written = torch.equal(again[name], got[name]) and untouched_outside(
+                again[name], backings[name], poison(block.outputs[k].dtype.torch_dtype, 1))
+            checks = (*checks[:k], replace(checks[k], guard_ok=checks[k].guard_ok and written), *checks[k + 1:])
     hazards: list[str] = []
     schedules: tuple[str, ...] = ()
     if sanitize:

@@ -19,6 +19,8 @@ REQUIRE_GPU = os.environ.get("RESGEN_REQUIRE_GPU") == "1"
 
 DTYPES = [rg.f32, rg.f16, rg.bf16]
 CATALOG = list(rg.catalog)
+#: The catalog blocks with a gradient (quantized outputs have none).
+TRAINABLE = [n for n in rg.catalog if rg.catalog[n].trainable]
 #: The device-test logic runs on both backends: emu in every CI run, cuda where a GPU is usable.
 BACKENDS = ["emu", pytest.param("cuda", marks=pytest.mark.gpu)]
 

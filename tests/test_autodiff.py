@@ -15,7 +15,7 @@ from resgen.codegen import lower
 from resgen.passes.autodiff import distinct_outputs, saved_statistics, with_saved_statistics
 from resgen.runtime import ops
 from resgen.verification import GRAD_TOLERANCES, compare, gradient_case, random_inputs
-from tests.conftest import CATALOG, DTYPES, FAMILIES, family_config
+from tests.conftest import DTYPES, FAMILIES, TRAINABLE, family_config
 from tests.strategies import random_blocks
 
 lower_module = importlib.import_module("resgen.codegen.lower")
@@ -23,7 +23,7 @@ lower_module = importlib.import_module("resgen.codegen.lower")
 
 @pytest.mark.parametrize("hidden", [1, 1000, 4097])
 @pytest.mark.parametrize("dt", DTYPES, ids=str)
-@pytest.mark.parametrize("name", CATALOG)
+@pytest.mark.parametrize("name", TRAINABLE)
 def test_the_backward_block_gives_torch_autograds_gradients(name, dt, hidden):
     block = rg.catalog[name](dt)
     gb = rg.grad(block)
@@ -90,14 +90,14 @@ def check_gradient_kernel(block: rg.Block, hidden: int, config=None, rows_list=(
 
 @pytest.mark.parametrize("hidden", [1, 1000, 4096, 4097])
 @pytest.mark.parametrize("dt", DTYPES, ids=str)
-@pytest.mark.parametrize("name", CATALOG)
+@pytest.mark.parametrize("name", TRAINABLE)
 def test_gradient_kernels_match_torch_autograd_on_emu(name, dt, hidden):
     check_gradient_kernel(rg.catalog[name](dt), hidden)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("hidden", [1000, 4097])
-@pytest.mark.parametrize("name", CATALOG)
+@pytest.mark.parametrize("name", TRAINABLE)
 def test_gradient_kernels_of_every_config_family(name, hidden, family):
     block = rg.catalog[name](rg.bf16)
     config = family_config(rg.grad(block), hidden, family)
@@ -190,7 +190,7 @@ def test_the_backward_block_prints_and_parses_like_any_block(capsys):
 
 
 @pytest.mark.parametrize("dt", [rg.f32, rg.bf16], ids=str)
-@pytest.mark.parametrize("name", CATALOG)
+@pytest.mark.parametrize("name", TRAINABLE)
 def test_kernel_calls_are_autograd_ops_matching_the_reference(name, dt):
     block = rg.catalog[name](dt)
     kernel = rg.compile(block, 1000, backend="emu")

@@ -11,7 +11,7 @@ from resgen.passes import CSE, DCE, Canonicalize, DecomposeNorms, Specialize, pa
 from resgen.verification import random_inputs
 from tests.conftest import CATALOG, DTYPES, GOLDEN, check_golden
 
-OPS_AFTER_LOWERING = {"add", "sub", "mul", "div", "maximum", "neg", "sqrt", "rsqrt", "abs", "cast",
+OPS_AFTER_LOWERING = {"add", "sub", "mul", "div", "maximum", "minimum", "neg", "sqrt", "rsqrt", "abs", "cast",
                       "dropout", "row_sum", "row_max", "row_var", "const"}
 
 
