@@ -280,7 +280,9 @@ def test_the_cost_model_sees_every_catalog_row_stay_on_chip(name, hidden):
     report = cost(plan, parse_resources(binary.log, plan.entries[0].name), 32768)
     assert report.hbm_bytes <= 1.01 * report.ideal_bytes, report
     assert report.spills == 0 and report.bytes_in_flight_per_sm >= IN_FLIGHT_TARGET, report
-    if name != "gemma2_sandwich":  # two norms in a row: its second reads the first's result
+    # two norms in a row (the second reads the first's result), or a per-token scale (the row's
+    # maximum of the normalized value): a second reduction that needs the first's result
+    if name not in ("gemma2_sandwich", "llama_fp8_dynamic", "llama_int8_dynamic"):
         assert report.reduction_phases == 1, report
 
 

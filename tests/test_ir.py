@@ -46,7 +46,7 @@ def test_hidden_is_a_sympy_symbol_until_specialized():
     (lambda b, x, r, w: rg.row_sum(x) + w, "column vector with a row scalar"),
     (lambda b, x, r, w: b.output("s", b.scalar("alpha") * 2.0), "must be a row tensor, a row scalar"),
     (lambda b, x, r, w: b.output("s", w), "must be a row tensor, a row scalar"),
-    (lambda b, x, r, w: b.input("q", "int8"), "unknown dtype"),
+    (lambda b, x, r, w: b.input("q", "int4"), "unknown dtype"),
     (lambda b, x, r, w: b.input("x", rg.f32), "duplicate name 'x'"),
     (lambda b, x, r, w: b.weight("seed"), "reserved"),
     (lambda b, x, r, w: b.input("not an identifier"), "identifier"),

@@ -344,9 +344,20 @@ def persistent_variant(block: Block, hidden: int, choice: LaunchConfig, target: 
         except PlanError:
             continue
         home = weight_home(block, hidden, config, target)
+        if target.regs_per_sm // (persist * choice.threads) < _registers_needed(block, hidden, config, target):
+            continue  # __launch_bounds__(threads, persist) would make it spill
         if persist * per_cta >= IN_FLIGHT_TARGET and home:
             fits.append((home == "registers", persist if home == "registers" else -persist, config))
     return max(fits, key=lambda fit: fit[:2])[2] if fits else choice
+
+
+def _registers_needed(block: Block, hidden: int, config: LaunchConfig, target: Arch) -> int:
+    """Registers a thread of `config` needs: the overhead, the floats it keeps, and, when the row is
+    staged (cache smem or global), the loads it has in flight (two bytes a register at least)."""
+    need = register_overhead(block) + register_floats(block, hidden, config, target)
+    if config.cache != "registers":
+        need += first_phase_load_bytes(block, hidden, config) // 4
+    return need
 
 
 def first_phase_load_bytes(block: Block, hidden: int, config: LaunchConfig) -> int:
