@@ -65,35 +65,69 @@ template <> struct rg_io<__nv_bfloat16> {
     static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
 };
 #endif
-#ifdef __CUDA_FP8_H__
-// float8: torch's rounding. __nv_cvt_float_to_fp8 with __NV_SATFINITE is one cvt.rn.satfinite on
-// sm_89+ and NVIDIA's software conversion elsewhere (the emulator included); both round to nearest
-// even and saturate. torch keeps a NaN's sign (the conversion makes every NaN 0x7f), and e5m2,
-// which has inf, overflows to inf from 61440 (the midpoint past its largest finite, 57344) up.
-__device__ __forceinline__ unsigned char rg_fp8_nan(float v, unsigned char bits) {
-    return v != v ? (unsigned char)(0x7f | (__float_as_int(v) < 0 ? 0x80 : 0)) : bits;
-}
-__device__ __forceinline__ float rg_fp8_float(float f, unsigned char bits) {  // a NaN keeps its sign
-    return f != f ? __int_as_float((bits & 0x80) ? (int)0xffc00000u : 0x7fc00000) : f;
-}
-template <> struct rg_io<__nv_fp8_e4m3> {
-    static __device__ __forceinline__ float to_float(__nv_fp8_e4m3 v) { return rg_fp8_float(static_cast<float>(v), v.__x); }
-    static __device__ __forceinline__ __nv_fp8_e4m3 from_float(float v) {
-        __nv_fp8_e4m3 r;
-        r.__x = rg_fp8_nan(v, __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
-        return r;
-    }
-};
-template <> struct rg_io<__nv_fp8_e5m2> {
-    static __device__ __forceinline__ float to_float(__nv_fp8_e5m2 v) { return rg_fp8_float(static_cast<float>(v), v.__x); }
-    static __device__ __forceinline__ __nv_fp8_e5m2 from_float(float v) {
-        __nv_fp8_e5m2 r;
-        const unsigned char inf = __float_as_int(v) < 0 ? 0xfc : 0x7c;
-        r.__x = rg_fp8_nan(v, fabsf(v) >= 61440.0f ? inf : __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E5M2));
-        return r;
-    }
-};
+// float8 storage (torch.float8_e4m3fn, torch.float8_e5m2): a byte each, converted here with no
+// header. Stores round like torch's .to(): to nearest even; e4m3 saturates at +-448 (inf included:
+// it has no inf), e5m2 overflows to inf from 61440 (the midpoint past 57344); a NaN keeps its sign.
+// sm_89+ rounds with one cvt.rn.satfinite (the same rounding; the NaN and overflow cases are decided
+// before it); elsewhere, and in the emulator, integer code does (the bits checked against torch).
+struct rg_e4m3 { unsigned char x; };
+struct rg_e5m2 { unsigned char x; };
+
+__device__ __forceinline__ unsigned char rg_to_e4m3(float v) {
+    const unsigned b = (unsigned)__float_as_int(v), sign = (b >> 24) & 0x80u, a = b & 0x7fffffffu;
+    if (a > 0x7f800000u) return (unsigned char)(sign | 0x7fu);  // NaN
+    if (a >= 0x43e00000u) return (unsigned char)(sign | 0x7eu);  // >= 448, inf too: saturate
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    unsigned short pair;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(v));
+    return (unsigned char)(pair & 0xffu);
+#else
+    if (a < 0x3c800000u)  // below 2^-6: subnormal steps of 2^-9
+        return (unsigned char)(sign | (unsigned)rintf(__int_as_float((int)a) * 512.0f));
+    const unsigned x = a - ((127u - 7u) << 23);  // rebias the exponent, round the mantissa to 3 bits
+    return (unsigned char)(sign | ((x + 0x7ffffu + ((x >> 20) & 1u)) >> 20));
 #endif
+}
+
+__device__ __forceinline__ unsigned char rg_to_e5m2(float v) {
+    const unsigned b = (unsigned)__float_as_int(v), sign = (b >> 24) & 0x80u, a = b & 0x7fffffffu;
+    if (a > 0x7f800000u) return (unsigned char)(sign | 0x7fu);  // NaN
+    if (a >= 0x47700000u) return (unsigned char)(sign | 0x7cu);  // >= 61440, inf too: inf
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    unsigned short pair;
+    asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(0.0f), "f"(v));
+    return (unsigned char)(pair & 0xffu);
+#else
+    if (a < 0x38800000u)  // below 2^-14: subnormal steps of 2^-16
+        return (unsigned char)(sign | (unsigned)rintf(__int_as_float((int)a) * 65536.0f));
+    const unsigned x = a - ((127u - 15u) << 23);  // rebias the exponent, round the mantissa to 2 bits
+    return (unsigned char)(sign | ((x + 0xfffffu + ((x >> 21) & 1u)) >> 21));
+#endif
+}
+
+// float8 -> float is exact; a NaN comes back with its sign.
+__device__ __forceinline__ float rg_from_e4m3(unsigned char c) {
+    const unsigned sign = (unsigned)(c & 0x80u) << 24, e = (c >> 3) & 0xfu, m = c & 7u;
+    if (e == 0xfu && m == 7u) return __int_as_float((int)(sign | 0x7fc00000u));
+    if (e == 0u) return sign ? -(float)m * 0.001953125f : (float)m * 0.001953125f;  // m * 2^-9
+    return __int_as_float((int)(sign | ((e + 120u) << 23) | (m << 20)));
+}
+
+__device__ __forceinline__ float rg_from_e5m2(unsigned char c) {
+    const unsigned sign = (unsigned)(c & 0x80u) << 24, e = (c >> 2) & 0x1fu, m = c & 3u;
+    if (e == 0x1fu) return __int_as_float((int)(sign | (m ? 0x7fc00000u : 0x7f800000u)));
+    if (e == 0u) return sign ? -(float)m * 1.52587890625e-05f : (float)m * 1.52587890625e-05f;  // m * 2^-16
+    return __int_as_float((int)(sign | ((e + 112u) << 23) | (m << 21)));
+}
+
+template <> struct rg_io<rg_e4m3> {
+    static __device__ __forceinline__ float to_float(rg_e4m3 v) { return rg_from_e4m3(v.x); }
+    static __device__ __forceinline__ rg_e4m3 from_float(float v) { return rg_e4m3{rg_to_e4m3(v)}; }
+};
+template <> struct rg_io<rg_e5m2> {
+    static __device__ __forceinline__ float to_float(rg_e5m2 v) { return rg_from_e5m2(v.x); }
+    static __device__ __forceinline__ rg_e5m2 from_float(float v) { return rg_e5m2{rg_to_e5m2(v)}; }
+};
 // int8: round half to even, saturate to [-128, 127], NaN to 0 (cvt.rni.sat.s8.f32's rule).
 template <> struct rg_io<signed char> {
     static __device__ __forceinline__ float to_float(signed char v) { return (float)v; }

@@ -24,7 +24,6 @@
 
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
-#include <cuda_fp8.h>
 #include <vector_types.h>
 #include <vector_functions.h>
 

@@ -40,8 +40,8 @@ class DType:
 f32 = DType("f32", "float", 4, torch.float32)
 f16 = DType("f16", "__half", 2, torch.float16, "cuda_fp16.h")
 bf16 = DType("bf16", "__nv_bfloat16", 2, torch.bfloat16, "cuda_bf16.h")
-f8e4m3 = DType("f8e4m3", "__nv_fp8_e4m3", 1, torch.float8_e4m3fn, "cuda_fp8.h")
-f8e5m2 = DType("f8e5m2", "__nv_fp8_e5m2", 1, torch.float8_e5m2, "cuda_fp8.h")
+f8e4m3 = DType("f8e4m3", "rg_e4m3", 1, torch.float8_e4m3fn)  # rg_e4m3, rg_e5m2: templates/prelude.cuh
+f8e5m2 = DType("f8e5m2", "rg_e5m2", 1, torch.float8_e5m2)
 i8 = DType("i8", "signed char", 1, torch.int8)
 
 DTYPES: dict[str, DType] = {d.name: d for d in (f32, f16, bf16, f8e4m3, f8e5m2, i8)}

@@ -18,7 +18,6 @@ from resgen.errors import CompileError
 REQUIRED_HEADERS = {
     "cuda_fp16.h": "nvidia-cuda-runtime",
     "cuda_bf16.h": "nvidia-cuda-runtime",
-    "cuda_fp8.h": "nvidia-cuda-runtime",
     "vector_types.h": "nvidia-cuda-runtime",
     "crt/host_defines.h": "nvidia-cuda-crt",
     "nv/target": "cupy-cuda13x (bundles CCCL's libcudacxx)",
