@@ -250,7 +250,7 @@ def test_a_gradient_two_inputs_share_is_written_once():
     leaves = {k: v.clone().requires_grad_(True) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     out = kernel(**leaves)
     (out.y.float().sum() + out.residual_out.float().square().sum()).backward()
-    text, same = ops.backward_of(kernel.op_text, ("residual", "attn", "mlp", "weight", "bias"))
+    text, same = ops.backward_of(kernel.op.text, ("residual", "attn", "mlp", "weight", "bias"))
     assert same == {"d_attn": "d_residual", "d_mlp": "d_residual"}
     assert [o.name for o in ops.block_of(text).outputs] == ["d_residual", "d_weight", "d_bias"]
     assert torch.equal(leaves["attn"].grad, leaves["residual"].grad) and torch.equal(leaves["mlp"].grad,

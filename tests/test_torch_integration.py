@@ -17,8 +17,8 @@ from tests.conftest import CATALOG
 
 
 def op_arguments(kernel: rg.Kernel, args: dict, training: bool, seed: int = 3) -> tuple:
-    tensors = [args[n] for n in kernel.op_tensors]
-    return (kernel.op_text, kernel.op_kernel, tensors, [float(args[n]) for n in kernel.op_scalars], seed, 0, training)
+    tensors = [args[n] for n in kernel.op.tensors]
+    return (kernel.op.text, kernel.op_kernel, tensors, [float(args[n]) for n in kernel.op.scalars], seed, 0, training)
 
 
 @pytest.mark.parametrize("name", CATALOG)
@@ -27,8 +27,9 @@ def test_opcheck_passes_for_every_catalog_op(name):
     kernel = rg.compile(block, 100, backend="emu")
     args = random_inputs(block, (3,), 100, seed=1)
     trainable = rg.catalog[name].trainable  # quantized outputs have no gradient: inference only
-    for n in kernel.op_tensors:
-        args[n].requires_grad_(trainable and kernel.op_kinds[n] in ("input", "weight"))
+    for p in block.params:
+        if p.op != "scalar":
+            args[p.name].requires_grad_(trainable and p.op in ("input", "weight"))
     for training in (False, True) if trainable else (False,):
         result = torch.library.opcheck(ops.run, op_arguments(kernel, args, training))
         assert set(result.values()) == {"SUCCESS"}, result
@@ -52,7 +53,7 @@ def test_the_op_rebuilds_a_kernel_from_its_text_alone():
     kernel = rg.compile(block, 64, backend="emu", config="tpr=32,rows=4,vec=2")
     args = random_inputs(block, (5,), 64)
     want = kernel(**args)
-    text, spec = kernel.op_text, kernel.op_kernel
+    text, spec = kernel.op.text, kernel.op_kernel
     del kernel  # a graph loaded in a new process knows only the strings
     got = ops.run(text, spec, [args[n] for n in ("x", "residual", "weight", "bias")], [], 0, 0, False)
     outs = dict(zip(ops.signature(text).outputs, got, strict=True))
@@ -208,7 +209,7 @@ def test_add_norm_can_skip_writing_the_residual():
     x, r = torch.randn(3, 40), torch.randn(3, 40)
     with torch.no_grad():
         y = add_norm(norm, x, r, residual_out=False)
-        text = ops.signature(norm.kernel_for("cpu").op_text)
+        text = ops.signature(norm.kernel_for("cpu").op.text)
     assert isinstance(y, torch.Tensor)
     assert text.outputs == ("y", "residual_out")
     with torch.no_grad():

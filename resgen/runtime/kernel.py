@@ -79,14 +79,8 @@ class Kernel:
         self._sanitizing = getattr(backend, "sanitize", False)
         # What a call through the custom op `resgen::run` passes (resgen.runtime.ops), fixed here so that
         # Dynamo reads constants when it traces a call.
-        self.op_text = print_block(block)
+        self.op = ops.Signature.of(block, print_block(block))
         self.op_kernel = str(plan.config) + (ops.SANITIZE if self._sanitizing else "")
-        self.op_params = tuple(p.name for p in block.params)
-        self.op_tensors = tuple(p.name for p in block.params if p.op != "scalar")
-        self.op_scalars = self._scalars
-        self.op_kinds = {p.name: p.op for p in block.params}
-        self.op_outputs = tuple(o.name for o in block.outputs)
-        self.op_inplace = {o.name: o.inplace for o in block.outputs if o.inplace}
         ops.kernels.remember(self)
 
     @property

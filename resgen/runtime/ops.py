@@ -74,8 +74,15 @@ class Signature:
     tensors: tuple[str, ...]  # tensor parameters, in parameter order
     scalars: tuple[str, ...]  # runtime scalars, in parameter order
     outputs: tuple[str, ...]
-    inplace: tuple[str, ...]  # inputs an output overwrites
+    inplace: tuple[tuple[str, str], ...]  # (output, the input it overwrites)
     first: int  # the position in `tensors` of the first row input (its shape gives rows and hidden)
+
+    @classmethod
+    def of(cls, block: Block, text: str) -> Signature:
+        tensors = [p for p in block.params if p.op != "scalar"]
+        return cls(text, block, tuple(p.name for p in tensors), tuple(p.name for p in block.params if p.op == "scalar"),
+                   tuple(o.name for o in block.outputs), tuple((o.name, o.inplace) for o in block.outputs if o.inplace),
+                   next(k for k, p in enumerate(tensors) if p.op == "input"))
 
     def lead_hidden(self, tensors: Sequence[torch.Tensor]) -> tuple[Sequence[int], int]:
         if len(tensors) != len(self.tensors):
@@ -90,12 +97,7 @@ def signature(text: str, training: bool = False) -> Signature:
     """The signature of the block printed as `text` (of its training forward when `training`)."""
     if training:
         text = training_text(text)
-    block = block_of(text)
-    tensors = [p for p in block.params if p.op != "scalar"]
-    return Signature(text, block, tuple(p.name for p in tensors),
-                     tuple(p.name for p in block.params if p.op == "scalar"),
-                     tuple(o.name for o in block.outputs), tuple(o.inplace for o in block.outputs if o.inplace),
-                     next(k for k, p in enumerate(tensors) if p.op == "input"))
+    return Signature.of(block_of(text), text)
 
 
 class _Kernels:
@@ -107,7 +109,7 @@ class _Kernels:
         self._lock = threading.Lock()
 
     def remember(self, kernel: Kernel) -> None:
-        self._live[(kernel.op_text, kernel.hidden, kernel.op_kernel, kernel.backend)] = kernel
+        self._live[(kernel.op.text, kernel.hidden, kernel.op_kernel, kernel.backend)] = kernel
 
     def get(self, text: str, hidden: int, spec: str, device: torch.device) -> Kernel:
         from resgen.runtime.kernel import compile
@@ -133,8 +135,8 @@ def launch(sig: Signature, spec: str, tensors: Sequence[torch.Tensor], scalars: 
            offset: int) -> list[torch.Tensor]:
     """Run the kernel of `sig` directly: the op's implementation, and eager calls that need no op."""
     args: dict[str, Any] = dict(zip(sig.tensors, tensors, strict=True))
-    for name in sig.inplace:  # functional: the caller copies the result back
-        args[name] = args[name].clone()
+    for _output, source in sig.inplace:  # functional: the caller copies the result back
+        args[source] = args[source].clone()
     if scalars:
         args.update(zip(sig.scalars, scalars, strict=True))
     args["seed"], args["offset"] = seed % _U64, offset % _U64
@@ -231,8 +233,6 @@ def _gradients(ctx: Any, grads: Sequence[torch.Tensor | None]) -> dict[str, torc
     return {n: by_name[same.get(f"d_{n}", f"d_{n}")] for n in ctx.wrt}
 
 
-
-
 def _int64(name: str, value: Any) -> int:
     value = check_int64(name, value)
     return value - _U64 if value >= 1 << 63 else value
@@ -241,33 +241,35 @@ def _int64(name: str, value: Any) -> int:
 def call(kernel: Kernel, kwargs: dict[str, Any]) -> Outputs:
     """Run `kernel` on `kwargs` through `resgen::run`: what a call does under torch.compile or when it
     records gradients. Outputs preallocated by the caller receive the results."""
-    block = kernel.block
-    unknown = sorted(set(kwargs) - set(kernel.op_params) - set(CALL_KEYWORDS) - {o.name for o in block.outputs})
-    missing = [n for n in kernel.op_params if n not in kwargs]
+    block, sig = kernel.block, kernel.op
+    params = (*sig.tensors, *sig.scalars)
+    unknown = sorted(set(kwargs) - set(params) - set(CALL_KEYWORDS) - set(sig.outputs))
+    missing = [n for n in params if n not in kwargs]
     if unknown or missing:
-        raise LaunchError(f"block {block.name!r} takes {sorted(kernel.op_params)} (+ seed, offset); "
+        raise LaunchError(f"block {block.name!r} takes {sorted(params)} (+ seed, offset); "
                           f"unknown {unknown}, missing {missing}")
-    tensors = [kwargs[n] for n in kernel.op_tensors]
-    for name, t in zip(kernel.op_tensors, tensors, strict=True):
+    tensors = [kwargs[n] for n in sig.tensors]
+    for name, t in zip(sig.tensors, tensors, strict=True):
         if not isinstance(t, torch.Tensor):
             raise LaunchError(f"argument {name!r} must be a torch.Tensor, got {type(t).__name__}")
-    scalars = [check_scalar(n, kwargs[n]) for n in kernel.op_scalars]
+    scalars = [check_scalar(n, kwargs[n]) for n in sig.scalars]
     training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if training:
-        for name, t in zip(kernel.op_tensors, tensors, strict=True):
-            if t.requires_grad and kernel.op_kinds[name] not in DIFFERENTIABLE:
-                raise LaunchError(f"argument {name!r} requires grad, but a {kernel.op_kinds[name]} is not "
+        kinds = {p.name: p.op for p in block.params}
+        for name, t in zip(sig.tensors, tensors, strict=True):
+            if t.requires_grad and kinds[name] not in DIFFERENTIABLE:
+                raise LaunchError(f"argument {name!r} requires grad, but a {kinds[name]} is not "
                                   f"differentiated; detach it")
         # an input the kernel overwrites keeps, for the backward, the values it had
-        tensors = [t.clone() if n in kernel.op_inplace.values() else t
-                   for n, t in zip(kernel.op_tensors, tensors, strict=True)]
-    results = torch.ops.resgen.run(kernel.op_text, kernel.op_kernel, tensors, scalars,
+        overwritten = {source for _output, source in sig.inplace}
+        tensors = [t.clone() if n in overwritten else t for n, t in zip(sig.tensors, tensors, strict=True)]
+    results = torch.ops.resgen.run(sig.text, kernel.op_kernel, tensors, scalars,
                                    _int64("seed", kwargs.get("seed", 0)), _int64("offset", kwargs.get("offset", 0)),
                                    training)
-    outs = dict(zip(kernel.op_outputs, results, strict=False))  # a training forward's statistics stay inside
-    for name, source in kernel.op_inplace.items():
+    outs = dict(zip(sig.outputs, results, strict=False))  # a training forward's statistics stay inside
+    for name, source in sig.inplace:
         outs[name] = kwargs[source].copy_(outs[name])
-    for name in kernel.op_outputs:
+    for name in sig.outputs:
         if name in kwargs:
             outs[name] = kwargs[name].copy_(outs[name])
     return Outputs(outs)
