@@ -129,6 +129,53 @@ template <> struct rg_io<rg_e5m2> {
     static __device__ __forceinline__ float to_float(rg_e5m2 v) { return rg_from_e5m2(v.x); }
     static __device__ __forceinline__ rg_e5m2 from_float(float v) { return rg_e5m2{rg_to_e5m2(v)}; }
 };
+// e8m0 (torch.float8_e8m0fnu): a power-of-two scale byte, 2^(x - 127), 0xff NaN. Stores round like
+// torch's .to(): |v|'s exponent, plus one when the mantissa's top (guard) bit is set and a lower bit
+// or the exponent's implied bit is too (a float32 subnormal's is 0); NaN, inf and overflow give 0xff.
+// Integer code on every arch (sm_100's cvt.*.ue8m0x2 rounds toward zero or up, not like torch).
+struct rg_e8m0 { unsigned char x; };
+__device__ __forceinline__ unsigned char rg_to_e8m0(float v) {
+    const unsigned a = (unsigned)__float_as_int(v) & 0x7fffffffu, e = a >> 23, m = a & 0x7fffffu;
+    if (a >= 0x7f800000u) return 0xffu;
+    const bool up = (m & 0x400000u) && ((m & 0x3fffffu) || e > 0u);
+    return (unsigned char)(e + (up ? 1u : 0u));  // 254 rounded up is 255: NaN
+}
+__device__ __forceinline__ float rg_from_e8m0(unsigned char c) {
+    if (c == 0xffu) return __int_as_float(0x7fc00000);
+    return c ? __int_as_float((int)((unsigned)c << 23)) : __int_as_float(0x00400000);  // 2^-127 is a float32 subnormal
+}
+template <> struct rg_io<rg_e8m0> {
+    static __device__ __forceinline__ float to_float(rg_e8m0 v) { return rg_from_e8m0(v.x); }
+    static __device__ __forceinline__ rg_e8m0 from_float(float v) { return rg_e8m0{rg_to_e8m0(v)}; }
+};
+// e2m1 (OCP MX FP4, +-{0, 0.5, 1, 1.5, 2, 3, 4, 6}) packed two to a byte as torch.float4_e2m1fn_x2:
+// the even column in the low nibble. Stores round to nearest even and saturate at +-6 (inf too); it
+// has no NaN, so NaN gives +6. Integer code on every arch (sm_100a's cvt.rn.satfinite.e2m1x2 needs
+// the arch-specific target). rg_io<rg_e2m1x2> converts one value (its code in the low nibble); rows
+// of it are read and written a pair per byte (rg_pack, rg_load, rg_store).
+struct rg_e2m1x2 { unsigned char x; };
+__device__ __forceinline__ unsigned rg_to_e2m1(float v) {
+    const unsigned b = (unsigned)__float_as_int(v), a = b & 0x7fffffffu;
+    if (a > 0x7f800000u) return 7u;  // NaN
+    const unsigned sign = (b >> 28) & 8u;
+    if (a >= 0x40c00000u) return sign | 7u;  // >= 6, inf too: saturate
+    if (a < 0x3f800000u)  // below 1: steps of 0.5 (codes 0-2), |v| * 2 rounded to nearest even
+        return sign | (unsigned)rintf(__int_as_float((int)a) * 2.0f);
+    const unsigned x = a - (126u << 23);  // rebias (1.0 -> exponent 1), round the mantissa to 1 bit
+    return sign | ((x + 0x1fffffu + ((x >> 22) & 1u)) >> 22);  // code = exponent << 1 | mantissa bit
+}
+__device__ __forceinline__ float rg_from_e2m1(unsigned c) {  // code = sign | exponent (2 bits) | mantissa bit
+    const unsigned e = (c >> 1) & 3u, m = c & 1u;  // (no table: indexing one by a value puts it on the stack)
+    const float mag = e ? __int_as_float((int)(((e + 126u) << 23) | (m << 22))) : 0.5f * (float)m;
+    return (c & 8u) ? -mag : mag;
+}
+template <> struct rg_io<rg_e2m1x2> {
+    static __device__ __forceinline__ float to_float(rg_e2m1x2 v) { return rg_from_e2m1(v.x & 0xfu); }
+    static __device__ __forceinline__ rg_e2m1x2 from_float(float v) { return rg_e2m1x2{(unsigned char)rg_to_e2m1(v)}; }
+};
+// Values per storage element: 2 for packed e2m1, else 1.
+template <typename T> struct rg_pack { static constexpr int values = 1; };
+template <> struct rg_pack<rg_e2m1x2> { static constexpr int values = 2; };
 // int8: round half to even, saturate to [-128, 127], NaN to 0 (cvt.rni.sat.s8.f32's rule).
 template <> struct rg_io<signed char> {
     static __device__ __forceinline__ float to_float(signed char v) { return (float)v; }
@@ -151,11 +198,69 @@ template <> struct rg_access<8> { using type = uint2; };
 template <> struct rg_access<16> { using type = uint4; };
 template <> struct rg_access<32> { using type = uint4; };
 
+// Packed e2m1 rows: VEC values (VEC even, col0 even: the plan keeps chunks on pairs) are VEC / 2
+// bytes at byte col0 / 2; HIDDEN counts values.
+template <int VEC, int HIDDEN, bool WIDE>
+__device__ __forceinline__ void rg_load_pairs(const unsigned char* row, int col0, float (&out)[VEC], int line) {
+    static_assert(VEC % 2 == 0, "packed e2m1 needs an even VEC");
+    using A = typename rg_access<VEC / 2>::type;
+    unsigned char bytes[VEC / 2];
+    if (WIDE && col0 >= 0 && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0 / 2, sizeof(A), line)) {
+        constexpr int N = VEC / 2 / sizeof(A);
+        RG_CHECK(row + col0 / 2, VEC / 2, false, line);
+        A raw[N];
+#pragma unroll
+        for (int i = 0; i < N; ++i) raw[i] = reinterpret_cast<const A*>(row + col0 / 2)[i];
+        memcpy(bytes, raw, sizeof(bytes));
+    } else {
+#pragma unroll
+        for (int i = 0; i < VEC / 2; ++i) {
+            const bool inside = (unsigned)(col0 + 2 * i) < (unsigned)HIDDEN;
+            if (inside) RG_CHECK(row + col0 / 2 + i, 1, false, line);
+            bytes[i] = inside ? row[col0 / 2 + i] : 0u;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < VEC / 2; ++i) {
+        out[2 * i] = rg_from_e2m1(bytes[i] & 0xfu);
+        out[2 * i + 1] = rg_from_e2m1(bytes[i] >> 4);
+    }
+}
+
+template <int VEC, int HIDDEN, bool WIDE>
+__device__ __forceinline__ void rg_store_pairs(unsigned char* row, int col0, const float (&in)[VEC], int line) {
+    static_assert(VEC % 2 == 0, "packed e2m1 needs an even VEC");
+    using A = typename rg_access<VEC / 2>::type;
+    unsigned char bytes[VEC / 2];
+#pragma unroll
+    for (int i = 0; i < VEC / 2; ++i) bytes[i] = (unsigned char)(rg_to_e2m1(in[2 * i]) | (rg_to_e2m1(in[2 * i + 1]) << 4));
+    if (WIDE && col0 >= 0 && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0 / 2, sizeof(A), line)) {
+        constexpr int N = VEC / 2 / sizeof(A);
+        RG_CHECK(row + col0 / 2, VEC / 2, true, line);
+        A raw[N];
+        memcpy(raw, bytes, sizeof(bytes));
+#pragma unroll
+        for (int i = 0; i < N; ++i) reinterpret_cast<A*>(row + col0 / 2)[i] = raw[i];
+    } else {
+#pragma unroll
+        for (int i = 0; i < VEC / 2; ++i) {
+            if ((unsigned)(col0 + 2 * i) < (unsigned)HIDDEN) {
+                RG_CHECK(row + col0 / 2 + i, 1, true, line);
+                row[col0 / 2 + i] = bytes[i];
+            }
+        }
+    }
+}
+
 // Read VEC consecutive elements of a row from column col0 into floats (0 outside [0, HIDDEN): a
 // peeled row's first chunk starts before column 0). WIDE: the launch found the chunk's address
 // aligned for VEC-element accesses (every pointer and row stride, or a peeled row's shifted chunks).
 template <typename T, int VEC, int HIDDEN, bool WIDE>
 __device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC], int line = RG_CALLER_LINE) {
+    if constexpr (rg_pack<T>::values == 2) {
+        rg_load_pairs<VEC, HIDDEN, WIDE>(reinterpret_cast<const unsigned char*>(row), col0, out, line);
+        return;
+    }
     using A = typename rg_access<VEC * sizeof(T)>::type;
     if (WIDE && col0 >= 0 && col0 + VEC <= HIDDEN && RG_ALIGNED(row + col0, sizeof(A), line)) {
         constexpr int N = VEC * sizeof(T) / sizeof(A);
@@ -180,6 +285,10 @@ __device__ __forceinline__ void rg_load(const T* row, int col0, float (&out)[VEC
 // Write VEC floats, rounded to T, to columns col0.. of a row (nothing outside [0, HIDDEN)).
 template <typename T, int VEC, int HIDDEN, bool WIDE>
 __device__ __forceinline__ void rg_store(T* row, int col0, const float (&in)[VEC], int line = RG_CALLER_LINE) {
+    if constexpr (rg_pack<T>::values == 2) {
+        rg_store_pairs<VEC, HIDDEN, WIDE>(reinterpret_cast<unsigned char*>(row), col0, in, line);
+        return;
+    }
     T elems[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) elems[j] = rg_io<T>::from_float(in[j]);
@@ -235,8 +344,25 @@ __device__ __forceinline__ float rg_fmax(float a, float b) { return (a < b || b 
 // torch.minimum: the same rule (fminf would drop a NaN).
 __device__ __forceinline__ float rg_fmin(float a, float b) { return (b < a || b != b) ? b : a; }
 
+// floor(log2(v)) exactly, from the exponent (rg.exponent): -inf at 0, inf at inf, NaN below 0.
+__device__ __forceinline__ float rg_floor_log2(float v) {
+    if (!(v >= 0.0f)) return __int_as_float(0x7fc00000);
+    if (v == 0.0f) return rg_neg_inf();
+    if (v > 3.402823466e38f) return __int_as_float(0x7f800000);
+    return (float)ilogbf(v);
+}
+
 struct rg_sum { static __device__ __forceinline__ float apply(float a, float b) { return a + b; } };
 struct rg_max { static __device__ __forceinline__ float apply(float a, float b) { return rg_fmax(a, b); } };
+
+// Combine v over LANES neighbouring lanes (a group of columns spread over them): butterfly shuffles
+// within the warp, every lane of the group left with the same bits.
+template <typename Op, int LANES>
+__device__ __forceinline__ float rg_group_reduce(float v) {
+#pragma unroll
+    for (int m = LANES / 2; m > 0; m /= 2) v = Op::apply(v, __shfl_xor_sync(0xffffffffu, v, m));
+    return v;
+}
 
 // Combine v over the TPR threads of one row. Butterfly shuffles give every lane the same bits;
 // rows wider than a warp meet in shared memory (`scratch` holds one slot per warp of the row).

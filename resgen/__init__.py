@@ -23,7 +23,10 @@ from resgen.ir.builder import (
     dropout,
     eq,
     exp2,
+    exponent,
     floor,
+    group_max,
+    group_sum,
     gt,
     layer_norm,
     log2,
@@ -38,7 +41,7 @@ from resgen.ir.builder import (
     rsqrt,
     sqrt,
 )
-from resgen.ir.dtypes import DType, bf16, f8e4m3, f8e5m2, f16, f32, i8
+from resgen.ir.dtypes import DType, bf16, e8m0, f4e2m1, f8e4m3, f8e5m2, f16, f32, i8
 from resgen.passes import pipeline
 from resgen.passes.autodiff import grad
 from resgen.reference import reference
@@ -51,7 +54,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError", "Block", "CompileError", "DType", "IRTypeError", "Kernel", "LaunchConfig",
     "LaunchError", "Output", "Outputs", "PlanError", "ResgenError", "SpecError", "Value", "VerifyError",
-    "VerifyReport", "abs", "bf16", "cast", "catalog", "clamp", "col_sum", "compile", "dropout", "emit", "eq", "exp2",
-    "f8e4m3", "f8e5m2", "f16", "f32", "floor", "grad", "gt", "i8", "layer_norm", "log2", "maximum", "minimum", "pipeline",
+    "VerifyReport", "abs", "bf16", "cast", "catalog", "clamp", "col_sum", "compile", "dropout", "e8m0", "emit", "eq", "exp2",
+    "exponent", "f4e2m1", "f8e4m3", "f8e5m2", "f16", "f32", "floor", "grad", "group_max", "group_sum", "gt", "i8", "layer_norm", "log2", "maximum", "minimum", "pipeline",
     "reference", "rms_norm", "round", "row_max", "row_mean", "row_sum", "row_var", "rsqrt", "sqrt", "verify",
 ]

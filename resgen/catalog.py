@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from resgen.errors import SpecError
 from resgen.ir import builder as rg
-from resgen.ir.block import Block
-from resgen.ir.dtypes import DType, as_dtype, bf16, f8e4m3, f32, i8
+from resgen.ir.block import Block, hidden_multiple
+from resgen.ir.dtypes import DType, as_dtype, bf16, e8m0, f4e2m1, f8e4m3, f32, i8
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,16 @@ class CatalogEntry:
     def parameters(self) -> dict[str, object]:
         """The keyword parameters this family takes, with their defaults."""
         return {n: q.default for n, q in list(inspect.signature(self.build).parameters.items())[1:]}
+
+    @property
+    def hidden_multiple(self) -> int:
+        """What hidden must be a multiple of: a block scale's group of columns, a packed dtype's pair."""
+        return hidden_multiple(self.build(bf16))
+
+    def fit(self, hidden: int) -> int:
+        """The smallest hidden size >= `hidden` this family takes (hidden itself for most)."""
+        m = self.hidden_multiple
+        return -(-hidden // m) * m
 
     def __call__(self, dtype: DType | str = bf16, **params: object) -> Block:
         dt = as_dtype(dtype, what=f"catalog {self.name!r}: argument 'dtype'")
@@ -170,8 +180,15 @@ def llama_fp32_residual(dt: DType, eps: float = 1e-6, offset: float = 0.0) -> Bl
     return b
 
 
-#: The largest finite float8_e4m3fn.
+#: The largest finite float8_e4m3fn, its largest exponent (448 = 1.75 * 2^8), and its smallest normal.
 FP8_E4M3_MAX = 448.0
+FP8_E4M3_EMAX = 8
+FP8_E4M3_TINY = 2.0**-6
+#: The largest e2m1 value.
+FP4_E2M1_MAX = 6.0
+#: Columns per block scale: OCP MX (MXFP8) and NVFP4.
+MX_BLOCK = 32
+NVFP4_BLOCK = 16
 
 
 def _llama_quantized(name: str, dt: DType, eps: float) -> tuple[Block, rg.Value]:
@@ -222,6 +239,45 @@ def llama_int8_dynamic(dt: DType, eps: float = 1e-6) -> Block:
     return b
 
 
+def llama_mxfp8(dt: DType, eps: float = 1e-6) -> Block:
+    """Add + RMSNorm quantized to OCP MX v1.0 MXFP8: e4m3 elements with an e8m0 scale per 32 columns.
+
+    h, residual_out, y as llama_fp8_static; for each block of 32 columns, amax = group_max(|y|) and
+    scale = 2^clamp(floor(log2(amax)) - 8, -127, 127), stored as e8m0 (8: e4m3's largest exponent, the
+    spec's emax_elem; floor(log2) taken exactly, rg.exponent, as torchao's to_mx FLOOR mode does from
+    the exponent bits); q = e4m3(clamp(y / scale, -448, 448)), saturating. A block of zeros gets
+    scale 2^-127 and q 0; a NaN in a block gives a NaN scale (0xff) and NaN elements.
+    Output shapes: q [..., hidden], scale [..., hidden / 32]; hidden must be a multiple of 32.
+    """
+    b, y = _llama_quantized("llama_mxfp8", dt, eps)
+    exponent = rg.clamp(rg.exponent(rg.group_max(rg.abs(y), MX_BLOCK)) - FP8_E4M3_EMAX, -127, 127)
+    scale = rg.cast(rg.exp2(exponent), e8m0)
+    b.output("q", rg.cast(rg.clamp(y / scale, -FP8_E4M3_MAX, FP8_E4M3_MAX), f8e4m3))
+    b.output("scale", scale)
+    return b
+
+
+def llama_nvfp4(dt: DType, eps: float = 1e-6) -> Block:
+    """Add + RMSNorm quantized to NVFP4: e2m1 elements (two per byte) with an e4m3 scale per 16 columns
+    and a per-tensor float32 `global_scale` (a runtime scalar; 1.0 when there is none).
+
+    h, residual_out, y as llama_fp8_static; for each block of 16 columns (NVIDIA's two-level recipe,
+    as TransformerEngine's NVFP4 cast, with torchao's floor on the block scale):
+    scale = e4m3(clamp(group_max(|y|) / 6 * global_scale, 2^-6, 448)) (6: e2m1's largest value;
+    2^-6: e4m3's smallest normal, so a block of zeros divides by no zero);
+    q = e2m1(clamp(y * (global_scale / scale), -6, 6)), rounded to nearest even.
+    Dequantized: q * scale / global_scale. Output shapes: q [..., hidden / 2] (torch.float4_e2m1fn_x2,
+    the even column in the low nibble), scale [..., hidden / 16]; hidden must be a multiple of 16.
+    """
+    b, y = _llama_quantized("llama_nvfp4", dt, eps)
+    global_scale = b.scalar("global_scale")
+    amax = rg.group_max(rg.abs(y), NVFP4_BLOCK)
+    scale = rg.cast(rg.clamp(amax / FP4_E2M1_MAX * global_scale, FP8_E4M3_TINY, FP8_E4M3_MAX), f8e4m3)
+    b.output("q", rg.cast(rg.clamp(y * (global_scale / scale), -FP4_E2M1_MAX, FP4_E2M1_MAX), f4e2m1))
+    b.output("scale", scale)
+    return b
+
+
 class Catalog(Mapping[str, CatalogEntry]):
     """`rg.catalog["llama"](rg.bf16)` builds a block; `rg.catalog.llama` is the same entry."""
 
@@ -251,4 +307,4 @@ class Catalog(Mapping[str, CatalogEntry]):
 
 
 catalog = Catalog([llama, gpt2, bert, deepnorm, gemma, gemma_fp32_residual, gemma2_sandwich, parallel_residual,
-                   llama_fp32_residual], inference=[llama_fp8_static, llama_fp8_dynamic, llama_int8_dynamic])
+                   llama_fp32_residual], inference=[llama_fp8_static, llama_fp8_dynamic, llama_int8_dynamic, llama_mxfp8, llama_nvfp4])

@@ -30,7 +30,7 @@ def generated_files() -> dict[str, str]:
     forward = {
         f"{name}_{bf16}_h{hidden}.cu": emit(entry(bf16), hidden, arch=GENERATED_ARCH)
         for name, entry in catalog.items()
-        for hidden in GENERATED_HIDDEN
+        for hidden in (entry.fit(h) for h in GENERATED_HIDDEN)  # block-scaled entries: whole blocks
     }
     backward = {f"{name}_grad_{bf16}_h{GENERATED_HIDDEN[0]}.cu": emit(grad(entry(bf16)), GENERATED_HIDDEN[0],
                                                                     arch=GENERATED_ARCH)

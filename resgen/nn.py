@@ -225,7 +225,8 @@ class LayerNorm(_Norm):
 
 
 #: FusedAddRMSNorm's quantized outputs: the catalog entry each one runs (its docstring has the formula).
-QUANT = {"fp8_static": "llama_fp8_static", "fp8_dynamic": "llama_fp8_dynamic", "int8_dynamic": "llama_int8_dynamic"}
+QUANT = {"fp8_static": "llama_fp8_static", "fp8_dynamic": "llama_fp8_dynamic", "int8_dynamic": "llama_int8_dynamic",
+         "mxfp8": "llama_mxfp8", "nvfp4": "llama_nvfp4"}
 
 
 class FusedAddRMSNorm(RMSNorm):
@@ -233,9 +234,12 @@ class FusedAddRMSNorm(RMSNorm):
     residual keeps the residual's dtype (pass it as float32 for a float32 residual stream).
     residual=None: the plain norm of x, and x returned as the residual.
 
-    quant="fp8_static" | "fp8_dynamic" | "int8_dynamic": the normalized output quantized in the same
-    kernel (the catalog's llama_* entries, vLLM's rounding): forward(x, residual[, scale]) returns
-    (q, scale, residual), scale the per-tensor one passed (fp8_static) or float32 per row.
+    quant="fp8_static" | "fp8_dynamic" | "int8_dynamic" | "mxfp8" | "nvfp4": the normalized output
+    quantized in the same kernel (the catalog's llama_* entries, vLLM's rounding of y):
+    forward(x, residual[, scale]) returns (q, scale, residual), scale being the per-tensor one passed
+    (fp8_static), float32 per row (fp8_dynamic, int8_dynamic), or the block scales (mxfp8: e8m0 per
+    32 columns; nvfp4: e4m3 per 16 columns, q packed two per byte, and `scale` the optional float32
+    per-tensor global scale, 1.0 when not passed).
     """
 
     SETTINGS = ("eps", "offset", "rounding", "quant")
@@ -269,13 +273,16 @@ class FusedAddRMSNorm(RMSNorm):
         if residual is None:
             raise LaunchError(f"quant={self.quant!r}: pass the residual (the quantizing kernel adds it)")
         static = self.quant == "fp8_static"
-        if static != (scale is not None):
-            raise LaunchError("argument 'scale' (the per-tensor scale) is required with quant='fp8_static' and "
-                              "taken by no other quant")
+        if static and scale is None:
+            raise LaunchError("argument 'scale' (the per-tensor scale) is required with quant='fp8_static'")
+        if scale is not None and self.quant not in ("fp8_static", "nvfp4"):
+            raise LaunchError(f"argument 'scale' (a per-tensor scale) is taken by quant='fp8_static' and 'nvfp4' "
+                              f"only, not {self.quant!r}")
         self._check("x", x)
         self._check("residual", residual)
         text = _block_text("add:" + self._spec, x.dtype, residual.dtype, self._wdtype())
-        out = _run(text, self._tensors(x, residual), [float(scale)] if static else None)
+        scalars = [float(scale)] if static else [1.0 if scale is None else float(scale)] if self.quant == "nvfp4" else None
+        out = _run(text, self._tensors(x, residual), scalars)
         # outputs in block order: residual_out, q (, scale)
         return (out[1], torch.tensor(float(scale), device=x.device) if static else out[2], out[0])
 

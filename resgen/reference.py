@@ -14,7 +14,7 @@ import sympy
 import torch
 
 from resgen.ir.block import Block
-from resgen.ir.dtypes import to_storage
+from resgen.ir.dtypes import from_storage, rounded, to_storage
 from resgen.ir.nodes import H, Kind, Node
 from resgen.passes.decompose import DecomposeNorms
 from resgen.philox import keep_mask
@@ -29,6 +29,14 @@ _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "neg": torch.neg, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "abs": torch.abs, "round": torch.round,
     "floor": torch.floor, "log2": torch.log2, "exp2": torch.exp2,
 }
+
+
+def exponent(v: torch.Tensor) -> torch.Tensor:
+    """floor(log2(v)) exactly (rg.exponent): frexp's exponent less one; -inf at 0, inf at inf, NaN below 0."""
+    e = (torch.frexp(v).exponent - 1).float()
+    e = torch.where(v == 0, float("-inf"), e)
+    e = torch.where(torch.isinf(v), float("inf"), e)
+    return torch.where((v < 0) | v.isnan(), float("nan"), e)
 
 
 def f32_constant(value: sympy.Expr, hidden: int, device: torch.device) -> torch.Tensor:
@@ -52,7 +60,7 @@ class _Interpreter:
         name = node.name
         if node.op == "scalar":
             return torch.tensor(self.call.scalars[name], dtype=torch.float32, device=self.device)
-        t = self.call.tensors[name].float()
+        t = from_storage(self.call.tensors[name], node.dtype)
         if node.op == "input":
             return t.reshape(self.call.rows, self.call.hidden)
         if node.op == "row_scalar":
@@ -67,6 +75,13 @@ class _Interpreter:
         self.values[node] = result
         return result
 
+    def broadcast(self, arg: Node, user: Node) -> torch.Tensor:
+        """`arg`'s value as `user` combines it: a group value repeated over its columns for a row result."""
+        value = self.eval(arg)
+        if arg.kind is Kind.GROUP and user.kind is Kind.ROW:
+            return value.repeat_interleave(arg.group, dim=-1)
+        return value
+
     def _compute(self, node: Node) -> torch.Tensor:
         op = node.op
         if op in ("input", "weight", "scalar", "row_scalar"):
@@ -75,13 +90,20 @@ class _Interpreter:
             return f32_constant(node.attr("value"), self.call.hidden, self.device)
         if op in ("layer_norm", "rms_norm", "row_mean"):
             return self.eval(DecomposeNorms.lower(node))
-        args = [self.eval(a) for a in node.args]
+        args = [self.broadcast(a, node) for a in node.args]
         if op in _BINARY:
             return _BINARY[op](*args)
         if op in _UNARY:
             return _UNARY[op](args[0])
+        if op == "exponent":
+            return exponent(args[0])
+        if op in ("group_max", "group_sum"):
+            groups = args[0].reshape(self.call.rows, self.call.hidden // node.group, node.group)
+            if op == "group_max":  # amax ignores NaN on some builds: put it back
+                return torch.where(groups.isnan().any(-1), float("nan"), groups.amax(-1))
+            return groups.to(self.accumulate).sum(-1).float()
         if op == "cast":
-            return to_storage(args[0], node.attr("dtype")).float()
+            return rounded(args[0], node.attr("dtype"))
         if op == "row_sum":
             return args[0].to(self.accumulate).sum(dim=-1, keepdim=True).float()
         if op == "row_max":
@@ -112,6 +134,8 @@ def evaluate(block: Block, call: BoundCall, accumulate: torch.dtype = torch.floa
         value = interp.eval(out.node)
         if out.node.kind is Kind.ROW:
             value = value.expand(call.rows, call.hidden).reshape(*call.lead, call.hidden)
+        elif out.node.kind is Kind.GROUP:
+            value = value.reshape(*call.lead, call.hidden // out.node.group)
         elif out.node.kind is Kind.COL:
             value = value.expand(call.hidden)
         else:

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
-from resgen.errors import LaunchError
-from resgen.ir.block import Block
-from resgen.ir.nodes import Kind
+from resgen.errors import IRTypeError, LaunchError
+from resgen.ir.block import Block, check_hidden_fits
+from resgen.ir.dtypes import DType
+from resgen.ir.nodes import Kind, Node
 
 CALL_KEYWORDS = ("seed", "offset")
 
@@ -59,9 +60,13 @@ class BoundCall:
         return math.prod(self.lead)
 
 
-def value_shape(kind: Kind, lead: tuple[int, ...], hidden: int) -> tuple[int, ...]:
-    """The tensor shape of a value of `kind` for rows of leading shape `lead`."""
-    return {Kind.ROW: (*lead, hidden), Kind.ROWS: lead, Kind.COL: (hidden,)}[kind]
+def value_shape(node: Node, dtype: DType, lead: tuple[int, ...], hidden: int) -> tuple[int, ...]:
+    """The shape of the tensor holding `node` stored as `dtype`, for rows of leading shape `lead`: a
+    group value has hidden // size columns; a packed dtype (f4e2m1) holds two columns per element."""
+    if node.kind is Kind.ROWS:
+        return lead
+    columns = dtype.columns(hidden // node.group if node.kind is Kind.GROUP else hidden)
+    return (columns,) if node.kind is Kind.COL else (*lead, columns)
 
 
 def check_scalar(name: str, value: Any) -> float:
@@ -105,15 +110,20 @@ def bind(block: Block, kwargs: Mapping[str, Any], *, allow_outputs: bool = False
     first = tensors[row_inputs[0]]
     if first.dim() < 1:
         raise LaunchError(f"argument {row_inputs[0]!r} must have shape [..., hidden], got a 0-d tensor")
+    pack = params[row_inputs[0]].dtype.pack  # values per element of the tensor (f4e2m1: 2)
     if hidden is None:
-        hidden = block.hidden if block.is_specialized else first.shape[-1]
-    elif first.shape[-1] != hidden:
-        raise LaunchError(f"argument {row_inputs[0]!r} has hidden size {first.shape[-1]}, but this kernel was "
+        hidden = block.hidden if block.is_specialized else first.shape[-1] * pack
+    elif first.shape[-1] * pack != hidden:
+        raise LaunchError(f"argument {row_inputs[0]!r} has hidden size {first.shape[-1] * pack}, but this kernel was "
                           f"compiled for hidden={hidden}")
+    try:
+        check_hidden_fits(block, hidden)
+    except IRTypeError as e:
+        raise LaunchError(f"argument {row_inputs[0]!r}: {e}") from None
     lead = tuple(first.shape[:-1])
     for name, t in tensors.items():
         op = params[name].op
-        expected = value_shape(params[name].kind, lead, hidden)
+        expected = value_shape(params[name], params[name].dtype, lead, hidden)
         if tuple(t.shape) != expected:
             what = {"input": "[..., hidden] like the other row inputs", "weight": "[hidden]",
                     "row_scalar": "[...], one value per row of the row inputs"}[op]
@@ -130,7 +140,7 @@ def bind(block: Block, kwargs: Mapping[str, Any], *, allow_outputs: bool = False
     for name in outputs:
         if name in kwargs:
             o = outputs[name]
-            shape = value_shape(o.node.kind, lead, hidden)
+            shape = value_shape(o.node, o.dtype, lead, hidden)
             t = _check_tensor(name, kwargs[name], o.dtype.torch_dtype)
             if tuple(t.shape) != shape:
                 raise LaunchError(f"output argument {name!r} must have shape {list(shape)}, got {list(t.shape)}")

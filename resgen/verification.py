@@ -12,7 +12,7 @@ import torch
 from resgen.codegen import LaunchConfig
 from resgen.errors import BackendUnavailableError, LaunchError
 from resgen.ir.block import Block
-from resgen.ir.dtypes import DType, bf16, f8e4m3, f8e5m2, f16, f32, i8, to_storage
+from resgen.ir.dtypes import DType, bf16, e8m0, f4e2m1, f8e4m3, f8e5m2, f16, f32, from_storage, i8, to_storage
 from resgen.reference import reference
 from resgen.signature import value_shape
 
@@ -25,7 +25,10 @@ TOLERANCES: dict[DType, tuple[float, float]] = {f32: (1e-5, 1e-5), f16: (1e-3, 1
                                                  # quantized outputs: a value that sits on a rounding
                                                  # boundary may land one step away (an e4m3 step is 1/8
                                                  # of the value, an i8 step 1/127 of the row's range)
-                                                 f8e4m3: (2e-2, 0.125), f8e5m2: (4e-2, 0.25), i8: (1e-2, 1 / 64)}
+                                                 f8e4m3: (2e-2, 0.125), f8e5m2: (4e-2, 0.25), i8: (1e-2, 1 / 64),
+                                                 # a block scale one step off is twice or half; an e2m1
+                                                 # step is up to a third of the value (4 -> 6)
+                                                 e8m0: (1e-2, 1.0), f4e2m1: (5e-2, 0.5)}
 #: The same for gradients: a norm's backward multiplies float32 rounding error by rstd (up to
 #: 1/sqrt(eps) for a constant row) and differences two row sums, so ten times the forward's.
 GRAD_TOLERANCES: dict[DType, tuple[float, float]] = {d: (10 * r, 10 * a) for d, (r, a) in TOLERANCES.items()}
@@ -93,7 +96,8 @@ def random_inputs(block: Block, lead: tuple[int, ...], hidden: int, *, seed: int
         if p.op == "scalar":
             args[p.name] = 0.5 + torch.rand((), generator=gen, device=device).item()
             continue
-        shape = value_shape(p.kind, lead, hidden)
+        shape = value_shape(p, p.dtype, lead, hidden)
+        shape = (*shape[:-1], shape[-1] * p.dtype.pack)  # a packed tensor's values, before packing
         values = torch.randn(shape, generator=gen, device=device)
         if p.op == "weight":
             values = 1.0 + 0.5 * values
@@ -112,6 +116,8 @@ def compare(name: str, dtype: DType, out: torch.Tensor, ref: torch.Tensor,
             tolerances: dict[DType, tuple[float, float]] = TOLERANCES) -> OutputCheck:
     """Errors of `out` against `ref`; NaN anywhere `ref` is finite (a poisoned, unwritten element) fails."""
     rel_tol, abs_tol = tolerances[dtype]
+    if dtype.pack > 1:  # packed: compare the values
+        out, ref = from_storage(out.detach().cpu(), dtype), from_storage(ref.detach().cpu(), dtype)
     out_flat, ref_flat = out.detach().cpu().reshape(-1), ref.detach().cpu().reshape(-1)
     max_abs = err_sq = ref_sq = ref_max = 0.0
     for lo in range(0, out_flat.numel(), COMPARE_CHUNK):
@@ -138,14 +144,24 @@ GUARD = 64
 ROW_GAP = 8
 
 
-#: What fills an output before the kernel runs: NaN, or for integer outputs (which have no NaN) one of
-#: two values; a kernel runs once per value, and an element that differs between the runs was never
-#: written.
+#: What fills an output before the kernel runs: NaN, or for outputs with no NaN (integers, packed
+#: e2m1: then the value, or the byte) one of two values; a kernel runs once per value, and an element
+#: that differs between the runs was never written.
 INT_POISONS = (-128, 85)
 
 
+def has_nan(dtype: torch.dtype) -> bool:
+    return dtype.is_floating_point and dtype != torch.float4_e2m1fn_x2
+
+
 def poison(dtype: torch.dtype, run: int = 0) -> float:
-    return float("nan") if dtype.is_floating_point else INT_POISONS[run]
+    return float("nan") if has_nan(dtype) else INT_POISONS[run]
+
+
+def _full(shape: tuple[int, ...], fill: float, dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:
+    if dtype == torch.float4_e2m1fn_x2:  # torch cannot fill it: fill its bytes
+        return torch.full(shape, int(fill) & 0xFF, dtype=torch.uint8, device=device).view(dtype)
+    return torch.full(shape, fill, dtype=dtype, device=device)
 
 
 def guarded_output(shape: tuple[int, ...], dtype: torch.dtype, device: str,
@@ -153,7 +169,7 @@ def guarded_output(shape: tuple[int, ...], dtype: torch.dtype, device: str,
     """(view, backing buffer): a poison-filled output carved out of a larger poisoned buffer, rows
     apart by ROW_GAP elements, so a write outside the view changes the buffer where no element lives."""
     rows, pitch = shape[0], shape[1] + ROW_GAP if len(shape) == 2 else 1
-    backing = torch.full((2 * GUARD + rows * pitch,), fill, dtype=dtype, device=device)
+    backing = _full((2 * GUARD + rows * pitch,), fill, dtype, device)
     view = backing[GUARD:GUARD + rows * pitch].view(rows, pitch)[:, : shape[1]] if len(shape) == 2 else (
         backing[GUARD:GUARD + rows])
     return view, backing
@@ -163,8 +179,9 @@ def untouched_outside(view: torch.Tensor, backing: torch.Tensor, fill: float = f
     """True when every element of `backing` outside `view` still holds the poison `fill`."""
     inside = torch.zeros(backing.shape, dtype=torch.bool, device=backing.device)
     inside.as_strided(view.shape, view.stride(), view.storage_offset() - backing.storage_offset()).fill_(True)
-    outside = backing[~inside]
-    return bool(outside.isnan().all() if math.isnan(fill) else (outside == fill).all())
+    size = backing.element_size()
+    outside = backing.view(torch.uint8).reshape(-1, size)[~inside]
+    return bool((outside == _full((1,), fill, backing.dtype, backing.device).view(torch.uint8)).all())
 
 
 def gradient_case(block: Block, rows: int, hidden: int, *, seed: int = 0, device: str | torch.device = "cpu"
@@ -249,7 +266,7 @@ def verify_kernel(kernel: Kernel, rows: int, seed: int = 0,
         backings = {}
         for o in block.outputs:
             if not o.inplace:
-                call[o.name], backings[o.name] = guarded_output(value_shape(o.node.kind, (rows,), hidden),
+                call[o.name], backings[o.name] = guarded_output(value_shape(o.node, o.dtype, (rows,), hidden),
                                                                 o.dtype.torch_dtype, device,
                                                                 poison(o.dtype.torch_dtype, fill))
         got = kernel(**call, seed=seed)
@@ -261,12 +278,12 @@ def verify_kernel(kernel: Kernel, rows: int, seed: int = 0,
                 guard_ok=o.name not in backings or untouched_outside(got[o.name], backings[o.name],
                                                                      poison(o.dtype.torch_dtype)))
         for o in block.outputs)
-    integers = [k for k, o in enumerate(block.outputs) if not o.dtype.is_float and o.name in backings]
+    integers = [k for k, o in enumerate(block.outputs) if not has_nan(o.dtype.torch_dtype) and o.name in backings]
     if integers:  # no NaN to poison with: run again over the other poison; an unwritten element differs
         again, backings = run(1)
         for k in integers:
             name = block.outputs[k].name
-            written = torch.equal(again[name], got[name]) and untouched_outside(
+            written = torch.equal(_bits(again[name]), _bits(got[name])) and untouched_outside(
                 again[name], backings[name], poison(block.outputs[k].dtype.torch_dtype, 1))
             checks = (*checks[:k], replace(checks[k], guard_ok=checks[k].guard_ok and written), *checks[k + 1:])
     hazards: list[str] = []
@@ -297,7 +314,7 @@ def _sanitize(kernel: Kernel, first: dict[str, torch.Tensor], run: Callable[[], 
         hazards += [str(h) for h in backend.hazards() if str(h) not in hazards]
         for name, value in outputs.items():
             if not torch.equal(_bits(value), _bits(first[name])):
-                differ = (value.float() != first[name].float()) & ~(value.isnan() & first[name].isnan())
-                hazards.append(f"schedule-dependent result: output {name!r} differs in {int(differ.sum())} element(s) "
+                differ = _bits(value) != _bits(first[name])
+                hazards.append(f"schedule-dependent result: output {name!r} differs in {int(differ.sum())} byte(s) "
                                f"between the forward and {schedule} schedules (a race)")
     return hazards, schedules

@@ -21,6 +21,15 @@ DTYPES = [rg.f32, rg.f16, rg.bf16]
 CATALOG = list(rg.catalog)
 #: The catalog blocks with a gradient (quantized outputs have none).
 TRAINABLE = [n for n in rg.catalog if rg.catalog[n].trainable]
+
+
+def fit(name: str, hidden: int | None) -> int | None:
+    """`hidden` made a size catalog entry `name` takes: block-scaled formats need whole blocks (MXFP8 a
+    multiple of 32, NVFP4 of 16), so their odd sizes are the next multiple (4097 -> 4128: a tail
+    chunk still, and a block count that is no power of two)."""
+    return hidden if hidden is None else rg.catalog[name].fit(hidden)
+
+
 #: The device-test logic runs on both backends: emu in every CI run, cuda where a GPU is usable.
 BACKENDS = ["emu", pytest.param("cuda", marks=pytest.mark.gpu)]
 

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 import resgen as rg
 from resgen.codegen import LaunchConfig, default_config, lower
 from resgen.verification import random_inputs
-from tests.conftest import CATALOG, DTYPES, FAMILIES, family_config
+from tests.conftest import CATALOG, DTYPES, FAMILIES, family_config, fit
 from tests.strategies import random_blocks
 
 HIDDEN = [1, 128, 1000, 4096, 4097]
@@ -18,7 +18,7 @@ HIDDEN = [1, 128, 1000, 4096, 4097]
 @pytest.mark.parametrize("dt", DTYPES, ids=str)
 @pytest.mark.parametrize("name", CATALOG)
 def test_catalog_verifies_on_emu(name, dt, hidden, family):
-    block = rg.catalog[name](dt)
+    block, hidden = rg.catalog[name](dt), fit(name, hidden)
     config = family_config(block, hidden, family)
     if config is None:
         pytest.skip(f"no {family} config fits hidden={hidden}")
@@ -39,7 +39,7 @@ PERSISTENT = [("tpr=32,rows=4,vec={vec},cache=registers,persist=1", rg.bf16, "re
 @pytest.mark.parametrize("config,dt,home", PERSISTENT, ids=["registers", "smem-weights", "cluster"])
 @pytest.mark.parametrize("name", CATALOG)
 def test_persistent_kernels_loop_over_more_rows_than_ctas(name, config, dt, home, hidden):
-    block = rg.catalog[name](dt)
+    block, hidden = rg.catalog[name](dt), fit(name, hidden)
     config = LaunchConfig.parse(config.format(vec=next(v for v in (8, 4, 2, 1) if hidden % v == 0 and v * dt.itemsize <= 16)))
     try:
         plan = lower(block, hidden, config)

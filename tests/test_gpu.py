@@ -17,7 +17,7 @@ import torch
 import resgen as rg
 from resgen.nn import FusedAddLayerNorm, FusedAddRMSNorm
 from resgen.verification import compare, random_inputs
-from tests.conftest import BACKENDS, CATALOG, DTYPES, device_of
+from tests.conftest import BACKENDS, CATALOG, DTYPES, device_of, fit
 
 gpu = pytest.mark.gpu
 
@@ -33,7 +33,7 @@ def per_backend(emu: list, cuda: list) -> list:
 @pytest.mark.parametrize("name", CATALOG)
 def test_catalog_verifies(backend, hidden, dt, name):
     for rows in (1, 37):
-        report = rg.verify(rg.catalog[name](dt), hidden, rows, backend=backend, seed=rows)
+        report = rg.verify(rg.catalog[name](dt), fit(name, hidden), rows, backend=backend, seed=rows)
         assert report.ok, report.table()
 
 

@@ -117,7 +117,8 @@ def test_text_round_trips_through_the_parser(name):
     from resgen.ir.parser import parse_block
     from resgen.ir.printer import print_block
 
-    for block in (rg.catalog[name](), rg.pipeline(rg.catalog[name](rg.f16)), rg.pipeline(rg.catalog[name](), 4097)):
+    for block in (rg.catalog[name](), rg.pipeline(rg.catalog[name](rg.f16)),
+                  rg.pipeline(rg.catalog[name](), rg.catalog[name].fit(4097))):
         text = print_block(block)
         parsed = parse_block(text)
         assert print_block(parsed) == text and parsed.key == block.key

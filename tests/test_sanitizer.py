@@ -13,6 +13,7 @@ from resgen.codegen import LaunchConfig, plan_and_source
 from resgen.runtime.emu import EmuBackend
 from resgen.runtime.kernel import Kernel
 from resgen.verification import random_inputs, verify_kernel
+from tests.conftest import fit
 
 
 def variant(block: rg.Block, hidden: int, config: str, edit: Callable[[str], str],
@@ -107,7 +108,7 @@ FAMILY = {"registers": "cache=registers", "smem": "cache=smem", "global": "cache
 def test_the_catalog_is_clean_under_the_sanitizer(name, dt, family):
     block = rg.catalog[name](dt)
     ran = 0
-    for hidden in SIZES:
+    for hidden in (fit(name, h) for h in SIZES):
         try:
             report = rg.verify(block, hidden, 3, backend="emu", config=FAMILY[family], sanitize=True, seed=hidden)
         except rg.PlanError:

@@ -13,7 +13,7 @@ import resgen as rg
 from resgen.nn import FusedAddLayerNorm, FusedAddRMSNorm, FusedSandwichRMSNorm, LayerNorm, RMSNorm, add_norm
 from resgen.runtime import ops
 from resgen.verification import random_inputs
-from tests.conftest import CATALOG
+from tests.conftest import CATALOG, fit
 
 
 def op_arguments(kernel: rg.Kernel, args: dict, training: bool, seed: int = 3) -> tuple:
@@ -23,9 +23,9 @@ def op_arguments(kernel: rg.Kernel, args: dict, training: bool, seed: int = 3) -
 
 @pytest.mark.parametrize("name", CATALOG)
 def test_opcheck_passes_for_every_catalog_op(name):
-    block = rg.catalog[name](rg.bf16)
-    kernel = rg.compile(block, 100, backend="emu")
-    args = random_inputs(block, (3,), 100, seed=1)
+    block, hidden = rg.catalog[name](rg.bf16), fit(name, 100)
+    kernel = rg.compile(block, hidden, backend="emu")
+    args = random_inputs(block, (3,), hidden, seed=1)
     trainable = rg.catalog[name].trainable  # quantized outputs have no gradient: inference only
     for p in block.params:
         if p.op != "scalar":

@@ -51,21 +51,21 @@ def ctas_per_sm(config: LaunchConfig, registers: int, smem_bytes: int, arch: str
 def loads_in_flight(plan: KernelPlan) -> int:
     """Bytes of row input one thread can have in flight in the first phase (its loads are issued
     before their first use across `plan.unroll` chunks)."""
-    per_chunk = sum(t.itemsize * plan.config.vec for t in plan.phases[0].loads)
-    return per_chunk * plan.unroll
+    per_chunk = sum(t.bytes_per_value * plan.config.vec for t in plan.phases[0].loads)
+    return int(per_chunk * plan.unroll)
 
 
 def traffic(plan: KernelPlan, rows: int) -> tuple[int, int]:
     """(ideal_bytes, re-read bytes) of one call at `rows` rows, before L2 is considered."""
     h = plan.hidden
-    inputs = sum(t.itemsize for t in plan.row_inputs) * rows * h
-    outputs = sum(t.itemsize for t in plan.row_outputs) * rows * h
+    inputs = round(sum(t.bytes_per_value for t in plan.row_inputs) * rows * h)
+    outputs = round(sum(t.bytes_per_value for t in plan.row_outputs) * rows * h)
     weights = weight_bytes(plan)
     scalars = sum(_itemsize(p.dtype) for p in plan.params if p.role == "rowscalar_out") * rows
     seen: set[str] = set()
     reread = 0
     for phase in plan.phases:  # a phase reading an input an earlier phase read (cache=global) reads it again
-        reread += sum(t.itemsize for t in phase.loads if t.name in seen) * rows * h
+        reread += round(sum(t.bytes_per_value for t in phase.loads if t.name in seen) * rows * h)
         seen |= {t.name for t in phase.loads}
     return inputs + outputs + weights + scalars, reread
 
@@ -112,7 +112,7 @@ def cost(plan: KernelPlan, resources: Resources, rows: int) -> CostReport:
     ideal, reread = traffic(plan, rows)
     slots = max(1, per_sm * target.sms)
     resident_rows = min(rows, slots // plan.config.cluster * plan.config.rows_per_cta)
-    reread_set = sum(t.itemsize for t in plan.row_inputs) * plan.hidden * resident_rows
+    reread_set = sum(t.bytes_per_value for t in plan.row_inputs) * plan.hidden * resident_rows
     hbm = ideal + (reread if reread and reread_set > target.l2_bytes else 0)
     grid = plan.grid(rows)
     groups = math.ceil(rows / plan.config.rows_per_cta)

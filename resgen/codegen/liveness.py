@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from resgen.codegen.plan import LaunchConfig
 from resgen.ir.block import Block
-from resgen.ir.nodes import COL_REDUCE_OPS, REDUCE_OPS, Kind, Node
+from resgen.ir.nodes import COL_REDUCE_OPS, REDUCE_OPS, ROW_LIKE, Kind, Node
 
 
 def stages(block: Block) -> dict[Node, int]:
@@ -32,7 +32,7 @@ def phase_count(block: Block) -> int:
     """Passes over the row: one per reduction stage, and one more for outputs that need the last."""
     stage = stages(block)
     reductions = [stage[n.args[0]] for n in block.body if n.op in REDUCE_OPS + COL_REDUCE_OPS]
-    row_outputs = [stage[o.node] for o in block.outputs if o.node.kind is Kind.ROW]
+    row_outputs = [stage[o.node] for o in block.outputs if o.node.kind in ROW_LIKE]
     return 1 + max(reductions + row_outputs + [0])
 
 
@@ -45,12 +45,13 @@ def store_phase(block: Block, output, stage: dict[Node, int]) -> int:
 def phase_roots(block: Block, s: int, stage: dict[Node, int]) -> list[Node]:
     """What phase `s` must produce: the arguments of its reductions and column sums, its stores."""
     roots = [n.args[0] for n in block.body if n.op in REDUCE_OPS + COL_REDUCE_OPS and stage[n.args[0]] == s]
-    return roots + [o.node for o in block.outputs if o.node.kind is Kind.ROW and store_phase(block, o, stage) == s]
+    return roots + [o.node for o in block.outputs if o.node.kind in ROW_LIKE and store_phase(block, o, stage) == s]
 
 
 def per_element(node: Node, order: dict[Node, int]) -> bool:
-    """A value computed per element inside a phase's column loop (not a parameter or reduction)."""
-    return node in order and node.kind in (Kind.ROW, Kind.COL) and node.op not in REDUCE_OPS
+    """A value computed per element inside a phase's column loop (not a parameter or row reduction;
+    group values and their reductions are: a group lies within a chunk or a few lanes' chunks)."""
+    return node in order and node.kind in (Kind.ROW, Kind.COL, Kind.GROUP) and node.op not in REDUCE_OPS
 
 
 def closure(roots: list[Node], order: dict[Node, int], cut: frozenset[Node] = frozenset()

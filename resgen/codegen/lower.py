@@ -18,6 +18,8 @@ from resgen.codegen.plan import (
     ColTensor,
     Dropout,
     Entry,
+    GroupReduction,
+    GroupStore,
     Held,
     KernelPlan,
     LaunchConfig,
@@ -26,13 +28,14 @@ from resgen.codegen.plan import (
     Reduction,
     RowScalarStore,
     RowTensor,
+    Segment,
     Store,
     ident,
 )
 from resgen.errors import PlanError
 from resgen.ir.block import Block
 from resgen.ir.dtypes import DType
-from resgen.ir.nodes import PARAM_OPS, REDUCE_OPS, Kind, Node
+from resgen.ir.nodes import GROUP_REDUCE_OPS, PARAM_OPS, REDUCE_OPS, ROW_LIKE, Kind, Node
 from resgen.ir.printer import print_block
 from resgen.passes import pipeline
 from resgen.reference import dropout_scale
@@ -131,15 +134,25 @@ def chunks_per_thread(hidden: int, config: LaunchConfig) -> int:
 
 def peelable(block: Block) -> bool:
     """Rows whose start is not VEC-aligned can still take 16-byte accesses by shifting their chunks
-    (Entry.peel): not when the kernel sums columns, whose accumulators belong to fixed columns."""
-    return col_sum_count(block) == 0
+    (Entry.peel): not when the kernel sums columns, whose accumulators belong to fixed columns, nor
+    when groups of columns (group values) or byte pairs of columns (packed dtypes) must stay whole."""
+    return col_sum_count(block) == 0 and not has_groups(block) and min_vec(block) == 1
+
+
+def has_groups(block: Block) -> bool:
+    return any(n.kind is Kind.GROUP for n in block.body)
+
+
+def min_vec(block: Block) -> int:
+    """The narrowest vec the block's row tensors allow: a packed dtype's chunk holds whole bytes."""
+    return max(d.pack for d in row_dtypes(block))
 
 
 def widest_vec(block: Block, hidden: int) -> int:
     """The heuristic's vec: the widest of at most 16 bytes that divides hidden, or, for a peelable
     block with at least 4 chunks' worth of row, the widest of at most 16 bytes."""
-    itemsize = min(d.itemsize for d in row_dtypes(block))
-    return next(v for v in (8, 4, 2, 1) if v * itemsize <= 16 and (
+    width = min(d.itemsize / d.pack for d in row_dtypes(block))
+    return next(v for v in (8, 4, 2, 1) if v * width <= 16 and v >= min_vec(block) and (
         hidden % v == 0 or peelable(block) and hidden >= 4 * v))
 
 
@@ -262,6 +275,15 @@ def check_config(block: Block, hidden: int, config: LaunchConfig, arch: Arch) ->
                         f"{arch.name} ({arch.max_threads_per_sm} threads); use a smaller persist")
     if config.cluster > 1 and not arch.clusters:
         raise PlanError(f"config {config}: thread-block clusters need sm_90 or newer, not {arch.name}")
+    if config.vec < min_vec(block):
+        raise PlanError(f"config {config}: a packed row tensor holds {min_vec(block)} values per byte; vec must be at "
+                        f"least {min_vec(block)}")
+    for size in sorted({n.attr("size") for n in block.body if n.op in GROUP_REDUCE_OPS}):
+        lanes = size // config.vec
+        if lanes > min(32, config.threads_per_row):
+            raise PlanError(f"config {config}: a group of {size} columns spans {lanes} lanes at vec {config.vec}, "
+                            f"over {min(32, config.threads_per_row)} (a warp, and the threads of a row); use a wider "
+                            f"vec or more threads per row")
 
 
 def default_config(block: Block, hidden: int, arch: str = DEFAULT_ARCH,
@@ -364,7 +386,7 @@ def first_phase_load_bytes(block: Block, hidden: int, config: LaunchConfig) -> i
     """Bytes of row input one thread has in flight in the first phase: its loads of every input
     that phase reads, over the chunks it unrolls (cost.loads_in_flight, before a plan exists)."""
     first = row_cache(block, config).phases[0].inputs
-    per_chunk = sum(p.dtype.itemsize * config.vec for p in block.params_of("input") if p.name in first)
+    per_chunk = sum(p.dtype.itemsize * config.vec // p.dtype.pack for p in block.params_of("input") if p.name in first)
     return per_chunk * _unroll(block, hidden, config)
 
 
@@ -439,8 +461,13 @@ class _Namer:
     """C names for nodes: parameters by role and name (`ident`), per-element temporaries t<i>, row
     scalars rs<i>, scalars s<i>."""
 
-    def __init__(self, block: Block) -> None:
+    def __init__(self, block: Block, vec: int) -> None:
         self.index = {n: i for i, n in enumerate(block.body)}
+        self.vec = vec
+
+    def array(self, node: Node) -> str:
+        """A group reduction's partials in this chunk (GroupReduction), t<i>."""
+        return f"t{self.index[node]}"
 
     def ref(self, node: Node) -> str:
         if node.op in ("input", "weight"):
@@ -451,8 +478,10 @@ class _Namer:
             return ident("scalar", node.name)
         if node.op == "const":
             return c_float(float(node.attr("value")))
+        if node.op in GROUP_REDUCE_OPS:
+            return f"{self.array(node)}[j / {min(node.group, self.vec)}]"
         i = self.index[node]
-        return {Kind.ROW: f"t{i}", Kind.COL: f"t{i}", Kind.ROWS: f"rs{i}", Kind.SCALAR: f"s{i}"}[node.kind]
+        return {Kind.ROW: f"t{i}", Kind.GROUP: f"t{i}", Kind.COL: f"t{i}", Kind.ROWS: f"rs{i}", Kind.SCALAR: f"s{i}"}[node.kind]
 
     def uniforms(self, node: Node) -> str:
         return f"drop{node.attr('site')}_u"
@@ -468,8 +497,9 @@ class _Namer:
             return f"({a[0]} {'==' if op == 'eq' else '>'} {a[1]} ? 1.0f : 0.0f)"
         if op == "neg":
             return f"-{a[0]}"
-        if op in ("sqrt", "rsqrt", "abs", "round", "floor", "log2", "exp2"):
-            c = dict(sqrt="sqrtf", rsqrt="rsqrtf", abs="fabsf", round="rintf", floor="floorf", log2="log2f", exp2="exp2f")
+        if op in ("sqrt", "rsqrt", "abs", "round", "floor", "log2", "exp2", "exponent"):
+            c = dict(sqrt="sqrtf", rsqrt="rsqrtf", abs="fabsf", round="rintf", floor="floorf", log2="log2f", exp2="exp2f",
+                     exponent="rg_floor_log2")
             return f"{c[op]}({a[0]})"
         if op == "cast":
             return f"rg_round<{node.attr('dtype').c_type}>({a[0]})"
@@ -516,7 +546,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
                             f"only sums), got {o.node.op}; output the col_sum and finish the arithmetic after")
     config = config or default_config(low, hidden, arch)
     check_config(low, hidden, config, target)
-    namer = _Namer(low)
+    namer = _Namer(low, config.vec)
     stage = stages(low)
 
     inplace_of = {o.inplace: o.name for o in low.outputs if o.inplace}
@@ -525,13 +555,14 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     cache = row_cache(low, config)
     row_in = {
         p.name: RowTensor(p.name, p.dtype.c_type, p.dtype.itemsize, p.name not in aliased,
-                          smem.cache_offsets.get(p.name, 0), p.name in cache.inputs)
+                          smem.cache_offsets.get(p.name, 0), p.name in cache.inputs, pack=p.dtype.pack)
         for p in low.params_of("input")
     }
     held = {v: Held(namer.ref(v), smem.value_offsets.get(v, 0)) for v in cache.values}
     row_out = {
-        o.name: RowTensor(o.name, o.dtype.c_type, o.dtype.itemsize, o.name not in aliased)
-        for o in low.outputs if o.node.kind is Kind.ROW
+        o.name: RowTensor(o.name, o.dtype.c_type, o.dtype.itemsize, o.name not in aliased, pack=o.dtype.pack,
+                          group=o.node.group)
+        for o in low.outputs if o.node.kind in ROW_LIKE
     }
     home = weight_home(low, hidden, config, target)
     weights = {p.name: ColTensor(p.name, p.dtype.c_type, home, smem.weight_offsets.get(p.name, 0))
@@ -539,6 +570,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
 
     reductions = [n for n in low.body if n.op in REDUCE_OPS]
     row_outputs = [o for o in low.outputs if o.node.kind is Kind.ROW]
+    group_outputs = [o for o in low.outputs if o.node.kind is Kind.GROUP]
 
     col_sums = tuple(ColSum(i, namer.ref(o.node.args[0]), o.name, o.dtype.c_type,
                             smem.col_sums[i] if smem.col_sums else -1)
@@ -573,7 +605,10 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
                                                                for m in nodes for a in m.args)),
             dropouts=tuple(_masks(nodes, s, uses, namer, keep_bits)),
             computes=tuple(f"const float {h.var} = {h.cache}_v[j];" for h in reads)
-            + tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes),
+            + tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes if n.op not in GROUP_REDUCE_OPS),
+            segments=_segments(nodes, reads, namer),
+            group_stores=tuple(GroupStore(row_out[o.name], namer.ref(o.node), o.node.group, config.vec)
+                               for o in group_outputs if stage[o.node] == s),
             reductions=tuple(
                 Reduction(reductions.index(r), namer.ref(r), {"row_max": "max", "row_var": "var"}.get(r.op, "sum"),
                           namer.ref(r.args[0]), "rg_neg_inf()" if r.op == "row_max" else "0.0f") for r in reds),
@@ -637,6 +672,31 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     )
 
 
+def _segments(nodes: tuple[Node, ...], reads: tuple[Held, ...], namer: _Namer) -> tuple[Segment, ...]:
+    """The column loops a phase runs before its main one, one per depth of nested group reductions:
+    loop k computes what the group reductions k deep need (recomputing earlier loops' values: the
+    loops are unrolled, so the compiler computes each once) and ends by combining their partials."""
+    depth: dict[Node, int] = {}
+    for n in nodes:
+        depth[n] = max((depth.get(a, 0) for a in n.args), default=0) + (n.op in GROUP_REDUCE_OPS)
+    segments = []
+    for level in range(1, max(depth.values(), default=0) + 1):
+        reductions = [n for n in nodes if n.op in GROUP_REDUCE_OPS and depth[n] == level]
+        needed: set[Node] = set()
+        stack = [n.args[0] for n in reductions]
+        while stack:  # what they read, up to the group reductions earlier loops finished
+            n = stack.pop()
+            if n in depth and n not in needed and n.op not in GROUP_REDUCE_OPS:
+                needed.add(n)
+                stack.extend(n.args)
+        computes = tuple(f"const float {h.var} = {h.cache}_v[j];" for h in reads) + tuple(
+            f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes if n in needed)
+        groups = tuple(GroupReduction(namer.array(n), n.op.removeprefix("group_"), namer.ref(n.args[0]), n.group,
+                                      namer.vec) for n in reductions)
+        segments.append(Segment(computes, groups))
+    return tuple(segments)
+
+
 def _masks(nodes: tuple[Node, ...], phase: int, uses: dict[int, set[int]], namer: _Namer,
            keep_bits: bool) -> Iterator[Dropout]:
     """The dropout masks a phase needs, one per site: drawn here (and kept as bits when a later
@@ -665,8 +725,9 @@ def _min_ctas(block: Block, hidden: int, config: LaunchConfig, target: Arch) -> 
 def _entries(block: Block, name: str, vec: int, hidden: int) -> tuple[Entry, ...]:
     """The wide entry point; a peeled one when VEC does not divide hidden (rows start unaligned,
     see Entry); and a narrow one for tensors not aligned for VEC elements."""
-    itemsizes = [p.dtype.itemsize for p in block.params if p.op != "scalar"] + [o.dtype.itemsize for o in block.outputs]
-    align = max(min(16, vec * size) for size in itemsizes)
+    widths = [p.dtype.itemsize / p.dtype.pack for p in block.params if p.op != "scalar"] + [
+        o.dtype.itemsize / o.dtype.pack for o in block.outputs if o.node.kind is not Kind.GROUP]  # those: element-wise
+    align = max(max(1, min(16, int(vec * width))) for width in widths)
     if vec == 1:
         return (Entry(name, True, align),)
     peel = (Entry(f"{name}_peeled", True, align, peel=True),) if hidden % vec and peelable(block) else ()
@@ -690,7 +751,7 @@ def _abi(block: Block, row_in: dict[str, RowTensor], row_out: dict[str, RowTenso
         else:
             params.append(Param("scalar", p.name, "float", dtype=p.dtype.name))
     for o in block.outputs:
-        if o.node.kind is Kind.ROW:
+        if o.node.kind in ROW_LIKE:
             restrict = " __restrict__" if row_out[o.name].restrict else ""
             params += [Param("row_out", o.name, f"{o.dtype.c_type}*{restrict}", dtype=o.dtype.name),
                        Param("stride", f"{o.name}_stride", "long long", of=o.name)]

@@ -143,6 +143,13 @@ class RowTensor:
     restrict: bool
     smem_offset: int = 0  # byte offset of this input's cache in dynamic shared memory
     cached: bool = False  # kept on chip (registers or shared memory) for a later phase
+    pack: int = 1  # values per storage element (f4e2m1: 2)
+    group: int = 0  # a group output: one value per `group` columns of the row
+
+    @property
+    def bytes_per_value(self) -> float:
+        """Bytes this tensor holds per value of the row (a group output: per column it covers)."""
+        return self.itemsize / self.pack / max(1, self.group)
 
     @property
     def ptr(self) -> str:
@@ -198,6 +205,70 @@ class Reduction:
 class Store:
     tensor: RowTensor
     value: str  # the per-element expression stored
+
+
+@dataclass(frozen=True)
+class GroupReduction:
+    """A reduction over `size` consecutive columns inside the column loop: each thread combines its
+    chunk's elements into `slots` = max(1, VEC / size) partials (element j into j / width), then
+    `lanes` = size / VEC neighbouring lanes combine theirs with shuffles (no shared memory, no barrier)."""
+
+    var: str  # the array of partials, t<i>
+    op: str  # "max" | "sum"
+    value: str  # the per-element expression combined
+    size: int
+    vec: int
+
+    @property
+    def width(self) -> int:
+        return min(self.size, self.vec)
+
+    @property
+    def slots(self) -> int:
+        return self.vec // self.width
+
+    @property
+    def lanes(self) -> int:
+        return max(1, self.size // self.vec)
+
+    @property
+    def init(self) -> str:
+        return "rg_neg_inf()" if self.op == "max" else "0.0f"
+
+    @property
+    def combine(self) -> str:
+        acc = f"{self.var}[j / {self.width}]"
+        return f"rg_fmax({acc}, {self.value})" if self.op == "max" else f"{acc} + {self.value}"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A column loop of a phase that ends in group reductions the rest of the phase reads."""
+
+    computes: tuple[str, ...]  # C statements, per element j
+    groups: tuple[GroupReduction, ...]
+
+
+@dataclass(frozen=True)
+class GroupStore:
+    """A group output: a value per `size` columns, written by the first lane of each group."""
+
+    tensor: RowTensor
+    value: str  # the per-element expression (equal over the group)
+    size: int
+    vec: int
+
+    @property
+    def width(self) -> int:
+        return min(self.size, self.vec)
+
+    @property
+    def slots(self) -> int:
+        return self.vec // self.width
+
+    @property
+    def lanes(self) -> int:
+        return max(1, self.size // self.vec)
 
 
 @dataclass(frozen=True)
@@ -283,6 +354,8 @@ class Phase:
     col_sums: tuple[ColSum, ...] = ()  # column reductions whose value this phase computes
     keeps: tuple[Held, ...] = ()  # computed values this phase leaves in the row cache
     held: tuple[Held, ...] = ()  # computed values this phase reads from the row cache
+    segments: tuple[Segment, ...] = ()  # column loops before `computes`' that finish group reductions
+    group_stores: tuple[GroupStore, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,11 @@ def _site(value: Any) -> str | None:
     return None if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else "an int >= 0"
 
 
+def _group_size(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1 and value & (value - 1) == 0
+    return None if ok else "a power of two (1, 2, 4, ...)"
+
+
 def _dtype(value: Any) -> str | None:
     return None if isinstance(value, DType) else "a resgen dtype"
 
@@ -63,6 +68,8 @@ SCHEMA: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "const": {"value": _const},
     "cast": {"dtype": _dtype},
     "dropout": {"p": _probability, "site": _site},
+    "group_max": {"size": _group_size},
+    "group_sum": {"size": _group_size},
     "layer_norm": {"weight": _bool, "bias": _bool, "eps": _eps},
     "rms_norm": {"weight": _bool, "eps": _eps, "offset": _finite},
 }

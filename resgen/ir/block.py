@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import keyword
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -126,10 +127,13 @@ class Block:
         node = self.node_of(value, op="output", arg="value")
         if node.kind not in OUTPUT_KINDS or (node.kind is Kind.COL and not _has_row_reduction(node)):
             raise IRTypeError(
-                f"output {name!r}: argument 'value' must be a row tensor, a row scalar, or a column vector "
-                f"reduced over the rows (col_sum), got a {node.kind.value}"
+                f"output {name!r}: argument 'value' must be a row tensor, a row scalar, a group value, or a column "
+                f"vector reduced over the rows (col_sum), got a {node.kind.value}"
             )
         out_dtype = node.dtype if dtype is None else as_dtype(dtype, what=f"output {name!r}: argument 'dtype'")
+        if out_dtype.pack > 1 and node.kind is not Kind.ROW:
+            raise IRTypeError(f"output {name!r}: {out_dtype!r} packs {out_dtype.pack} values per byte; only a row "
+                              f"tensor output may have it, got a {node.kind.value}")
         if inplace is not None:
             target = next((p for p in self.params if p.name == inplace), None)
             if target is None or target.op != "input":
@@ -206,7 +210,11 @@ class Block:
     # -- internals -----------------------------------------------------------------------------
     def _param(self, op: str, name: str, dtype: DType | str) -> Value:
         self._check_name(op, name)
-        node = make(op, name=name, dtype=as_dtype(dtype, what=f"{op} {name!r}: argument 'dtype'"))
+        dt = as_dtype(dtype, what=f"{op} {name!r}: argument 'dtype'")
+        if dt.pack > 1 and op != "input":
+            raise IRTypeError(f"{op} {name!r}: {dt!r} packs {dt.pack} values per byte, so only a row input or a row "
+                              f"output may have it, not a {op}")
+        node = make(op, name=name, dtype=dt)
         self.params += (node,)
         return Value(self, node)
 
@@ -221,8 +229,33 @@ class Block:
             raise VerifyError(f"{op}: duplicate name {name!r} in block {self.name!r}")
 
 
-#: The kinds a block may output: row tensors, row scalars, and column reductions (weight gradients).
-OUTPUT_KINDS = (Kind.ROW, Kind.ROWS, Kind.COL)
+#: The kinds a block may output: row tensors, row scalars, group values (block scales), and column
+#: reductions (weight gradients).
+OUTPUT_KINDS = (Kind.ROW, Kind.ROWS, Kind.GROUP, Kind.COL)
+
+
+def hidden_multiple(block: Block) -> int:
+    """What `check_hidden_fits` needs hidden to be a multiple of."""
+    sizes = [n.group for n in block.body if n.kind is Kind.GROUP] + [p.dtype.pack for p in block.params] + [
+        o.dtype.pack for o in block.outputs]
+    return math.lcm(1, *sizes)
+
+
+def check_hidden_fits(block: Block, hidden: int) -> None:
+    """Raise IRTypeError unless every group size of `block` divides `hidden` and every packed row
+    tensor holds whole bytes (hidden a multiple of its pack); values no output uses do not count."""
+    from resgen.ir.verify import reachable
+
+    for n in reachable([o.node for o in block.outputs]):
+        if n.kind is Kind.GROUP and n.group and hidden % n.group:
+            raise IRTypeError(f"{n.op}: hidden={hidden} is not a multiple of its group size {n.group}; groups of "
+                              f"consecutive columns must tile the row")
+    packed = [(p.name, p.dtype) for p in block.params if p.dtype.pack > 1] + [
+        (o.name, o.dtype) for o in block.outputs if o.dtype.pack > 1]
+    for name, dt in packed:
+        if hidden % dt.pack:
+            raise IRTypeError(f"{name!r}: {dt!r} packs {dt.pack} values per byte, so hidden must be a multiple of "
+                              f"{dt.pack}, got {hidden}")
 
 
 def _has_row_reduction(node: Node) -> bool:

@@ -55,6 +55,26 @@ def exp2(v: Value) -> Value:
     return unary("exp2", v)
 
 
+def exponent(v: Value) -> Value:
+    """floor(log2(v)) exactly, from the float's exponent (float32 subnormals included): -inf at 0,
+    inf at inf, NaN for v < 0 or NaN. `rg.floor(rg.log2(v))` rounds log2 first, so it is k at
+    2^k (1 - 2^-24) for large k; block-scale formats (MX) need this one. No gradient."""
+    return unary("exponent", v)
+
+
+def group_max(v: Value, size: int) -> Value:
+    """The maximum over each `size` consecutive columns of a row (size a power of two dividing hidden):
+    a group value, shape [..., hidden // size], that broadcasts back over its columns when combined
+    with a row tensor. NaN in a group gives NaN. Computed within a thread or a few lanes (shuffles),
+    so it costs no extra pass over the row."""
+    return unary("group_max", v, size=size)
+
+
+def group_sum(v: Value, size: int) -> Value:
+    """The sum over each `size` consecutive columns of a row: a group value (see group_max)."""
+    return unary("group_sum", v, size=size)
+
+
 def col_sum(v: Value) -> Value:
     """Sum over the rows of each column: a float32 column vector (weight and bias gradients).
 

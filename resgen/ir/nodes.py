@@ -24,24 +24,32 @@ class Kind(enum.Enum):
     ROW = "row"  # [rows, hidden]
     COL = "col"  # [hidden]: weights, biases
     ROWS = "rowscalar"  # [rows]: mean, rstd, per-row scales
+    GROUP = "group"  # [rows, hidden // size]: one value per `size` consecutive columns (block scales)
     SCALAR = "scalar"  # one number: a constant or a runtime argument
 
     def __str__(self) -> str:
         return self.value
 
 
+#: Kinds stored as [rows, columns] tensors with a row stride: row tensors and group values.
+ROW_LIKE = (Kind.ROW, Kind.GROUP)
+
 PARAM_OPS = ("input", "weight", "scalar", "row_scalar")
 #: Elementwise ops of two operands; eq and gt give 1.0 where the comparison holds, else 0.0.
 BINARY_OPS = ("add", "sub", "mul", "div", "maximum", "minimum", "eq", "gt")
-#: round is half to even (torch.round); round and floor have no gradient.
-UNARY_OPS = ("neg", "sqrt", "rsqrt", "abs", "round", "floor", "log2", "exp2")
+#: round is half to even (torch.round); exponent is floor(log2(v)) taken exactly from the float's
+#: exponent (log2 rounds: 2^k (1 - 2^-24) has log2 == k in float32); round, floor and exponent have
+#: no gradient.
+UNARY_OPS = ("neg", "sqrt", "rsqrt", "abs", "round", "floor", "log2", "exp2", "exponent")
 #: Row reductions; row_var is the population variance (divides by hidden), taken in one pass.
 REDUCE_OPS = ("row_sum", "row_mean", "row_max", "row_var")
 #: Reductions over the rows of each column: a column vector (weight and bias gradients).
 COL_REDUCE_OPS = ("col_sum",)
+#: Reductions over `size` consecutive columns of each row (size a power of two dividing hidden): group values.
+GROUP_REDUCE_OPS = ("group_max", "group_sum")
 COMPOSITE_OPS = ("layer_norm", "rms_norm")
 ALL_OPS = (PARAM_OPS + ("const",) + BINARY_OPS + UNARY_OPS + ("cast", "dropout") + REDUCE_OPS + COL_REDUCE_OPS
-           + COMPOSITE_OPS)
+           + GROUP_REDUCE_OPS + COMPOSITE_OPS)
 
 
 def _attr_repr(value: Any) -> str:
@@ -78,6 +86,15 @@ class Node:
         """The user-facing name of a parameter node."""
         return self.attr("name")
 
+    @cached_property
+    def group(self) -> int:
+        """Columns per value of a group value (Kind.GROUP); 0 for every other kind."""
+        if self.kind is not Kind.GROUP:
+            return 0
+        if self.op in GROUP_REDUCE_OPS:
+            return self.attr("size")
+        return next(a.group for a in self.args if a.kind is Kind.GROUP)
+
     def __repr__(self) -> str:
         attrs = ", ".join(f"{k}={v}" for k, v in self.attrs)
         return f"Node({self.op}{' ' + attrs if attrs else ''} : {self.kind}<{self.dtype}>)"
@@ -85,8 +102,13 @@ class Node:
 
 def _combine_kinds(op: str, args: tuple[Node, ...]) -> Kind:
     kinds = {a.kind for a in args}
-    if Kind.ROW in kinds:
+    sizes = sorted({a.group for a in args if a.kind is Kind.GROUP})
+    if len(sizes) > 1:
+        raise IRTypeError(f"{op}: cannot combine group values of {sizes[0]} and {sizes[1]} columns")
+    if Kind.ROW in kinds or {Kind.GROUP, Kind.COL} <= kinds:  # a group value broadcasts over its columns
         return Kind.ROW
+    if Kind.GROUP in kinds:
+        return Kind.GROUP
     if Kind.COL in kinds and Kind.ROWS in kinds:
         raise IRTypeError(
             f"{op}: cannot combine a column vector with a row scalar (the result would be a row "
@@ -131,6 +153,9 @@ def infer(op: str, args: tuple[Node, ...], attrs: dict[str, Any]) -> tuple[Kind,
     if op in COL_REDUCE_OPS:
         _require(op, "v", args[0], (Kind.ROW,))
         return Kind.COL, f32
+    if op in GROUP_REDUCE_OPS:
+        _require(op, "v", args[0], (Kind.ROW,))
+        return Kind.GROUP, args[0].dtype
     if op in COMPOSITE_OPS:
         _require(op, "v", args[0], (Kind.ROW,))
         names = [n for n in ("weight", "bias") if attrs.get(n)]
@@ -141,7 +166,7 @@ def infer(op: str, args: tuple[Node, ...], attrs: dict[str, Any]) -> tuple[Kind,
 
 
 _ARITY = {**{o: 0 for o in PARAM_OPS + ("const",)}, **{o: 2 for o in BINARY_OPS}}
-_ARITY.update({o: 1 for o in UNARY_OPS + REDUCE_OPS + COL_REDUCE_OPS + ("cast", "dropout")})
+_ARITY.update({o: 1 for o in UNARY_OPS + REDUCE_OPS + COL_REDUCE_OPS + GROUP_REDUCE_OPS + ("cast", "dropout")})
 
 
 def make(op: str, args: tuple[Node, ...] = (), **attrs: Any) -> Node:

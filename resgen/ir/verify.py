@@ -61,9 +61,9 @@ def verify_block(block: Block) -> None:
     for out in block.outputs:
         if id(out.node) not in defined:
             raise VerifyError(f"{where}: output {out.name!r} refers to a value of another block")
-        if out.node.kind not in (Kind.ROW, Kind.ROWS, Kind.COL):
-            raise VerifyError(f"{where}: output {out.name!r} must be a row tensor, row scalar or column reduction, "
-                              f"got {out.node.kind}")
+        if out.node.kind not in (Kind.ROW, Kind.ROWS, Kind.GROUP, Kind.COL):
+            raise VerifyError(f"{where}: output {out.name!r} must be a row tensor, row scalar, group value or column "
+                              f"reduction, got {out.node.kind}")
     used = {id(n) for n in reachable([o.node for o in block.outputs])}
     for p in block.params:
         if id(p) not in used:

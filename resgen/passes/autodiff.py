@@ -172,8 +172,10 @@ def _backprop(tape: _Tape, n: Node, a: Node) -> None:
     elif op == "row_max":  # torch's rule: the gradient is shared evenly by the maxima of the row
         hit = _op("eq", P[args[0]], P[n])
         tape.add(args[0], _op("mul", a, _op("div", hit, make("row_sum", (hit,)))))
-    elif op in ("eq", "gt", "const", "round", "floor"):
+    elif op in ("eq", "gt", "const", "round", "floor", "exponent"):
         pass  # piecewise constant: no gradient
+    elif op in ("group_max", "group_sum"):
+        raise VerifyError(f"grad: {op} has no adjoint rule yet (block-scaled quantizers are inference-only)")
     else:
         raise VerifyError(f"grad: no adjoint rule for op {op!r}")
 
@@ -199,6 +201,9 @@ def grad(block: Block, wrt: Sequence[str] | None = None) -> Block:
     tape = _Tape(low, saved)
     cotangent_op = {Kind.ROW: "input", Kind.ROWS: "row_scalar", Kind.COL: "weight"}
     for o in low.outputs:
+        if o.node.kind not in cotangent_op:
+            raise VerifyError(f"grad: output {o.name!r} is a {o.node.kind.value} value, which has no gradient rule yet "
+                              f"(block-scaled quantizers are inference-only)")
         tape.add(o.node, tape.param(cotangent_op[o.node.kind], f"d_{o.name}", o.dtype))
     for n in reversed(low.body):  # a saved statistic is an input of the backward, but its gradient still flows
         adjoint = tape.get(n)

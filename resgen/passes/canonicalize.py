@@ -6,7 +6,7 @@ import sympy
 import torch
 
 from resgen.ir.block import Block
-from resgen.ir.dtypes import f32, to_storage
+from resgen.ir.dtypes import f32, rounded
 from resgen.ir.nodes import BINARY_OPS, UNARY_OPS, Node, const, make
 from resgen.passes.base import rewrite
 
@@ -27,7 +27,7 @@ _FOLD = {
 
 def round_to(value: sympy.Expr, node: Node) -> sympy.Expr:
     """A numeric constant rounded to the storage dtype of a cast, as torch rounds it."""
-    as_float = to_storage(torch.tensor(float(value), dtype=torch.float32), node.attr("dtype")).float()
+    as_float = rounded(torch.tensor(float(value), dtype=torch.float32), node.attr("dtype"))
     return sympy.Float(as_float.item())
 
 

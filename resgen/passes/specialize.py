@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from resgen.errors import VerifyError
-from resgen.ir.block import Block
+from resgen.ir.block import Block, check_hidden_fits
 from resgen.ir.nodes import H, Node, const
 from resgen.passes.base import rewrite
 
@@ -30,5 +30,6 @@ class Specialize:
                 return const(node.attr("value").subs(H, self.hidden))
             return node
 
+        check_hidden_fits(block, self.hidden)
         specialized = rewrite(block, bind)
         return specialized.derive(body=specialized.body, outputs=specialized.outputs, hidden=self.hidden)

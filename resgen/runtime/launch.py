@@ -14,7 +14,7 @@ import torch
 from resgen.codegen.plan import POINTER_ROLES, Entry, KernelPlan, Param
 from resgen.errors import LaunchError
 from resgen.ir.block import Block
-from resgen.ir.nodes import Kind
+from resgen.ir.nodes import ROW_LIKE, Kind
 from resgen.signature import BoundCall, value_shape
 
 #: ABI C type -> marshalling kind: a device pointer, a 64-bit signed or unsigned int, a float.
@@ -56,9 +56,9 @@ def param_array(values: list[ctypes._SimpleCData]) -> ctypes.Array:
     return (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
 
 
-def row_stride(name: str, t: torch.Tensor, hidden: int) -> int:
-    """The element stride between consecutive rows of `t` viewed as [rows, hidden]."""
-    if hidden > 1 and t.stride(-1) != 1:
+def row_stride(name: str, t: torch.Tensor) -> int:
+    """The element stride between consecutive rows of `t` viewed as [rows, columns]."""
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
         raise LaunchError(f"argument {name!r}: the last (hidden) dimension must be contiguous (stride 1), "
                           f"got stride {t.stride(-1)}; call .contiguous()")
     lead = [(size, stride) for size, stride in zip(t.shape[:-1], t.stride()[:-1], strict=True) if size != 1]
@@ -66,7 +66,7 @@ def row_stride(name: str, t: torch.Tensor, hidden: int) -> int:
         if outer != inner * inner_size:
             raise LaunchError(f"argument {name!r}: leading dimensions {list(t.shape[:-1])} with strides "
                               f"{list(t.stride()[:-1])} do not form one row stride; call .contiguous()")
-    return lead[-1][1] if lead else hidden
+    return lead[-1][1] if lead else t.shape[-1]
 
 
 def byte_span(t: torch.Tensor) -> tuple[int, int]:
@@ -123,7 +123,7 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
                 raise LaunchError(f"output argument {o.name!r} (a row scalar) must be contiguous")
             outputs[o.name] = given
         else:
-            outputs[o.name] = torch.empty(value_shape(o.node.kind, lead, hidden), dtype=o.dtype.torch_dtype,
+            outputs[o.name] = torch.empty(value_shape(o.node, o.dtype, lead, hidden), dtype=o.dtype.torch_dtype,
                                           device=device)
 
     everything = {**call.tensors, **outputs}
@@ -138,18 +138,21 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
     rows = call.rows
     if rows >= 2**32 and plan.uses_dropout:
         raise LaunchError(f"{rows} rows exceed dropout's 32-bit row counter")
-    strides = {n: row_stride(n, t, hidden) for n, t in {**inputs, **{
-        o.name: outputs[o.name] for o in block.outputs if o.node.kind is Kind.ROW}}.items()}
+    strides = {n: row_stride(n, t) for n, t in {**inputs, **{
+        o.name: outputs[o.name] for o in block.outputs if o.node.kind in ROW_LIKE}}.items()}
     for o in block.outputs:
-        if o.node.kind is Kind.ROW and rows > 1 and strides[o.name] < hidden:
-            raise LaunchError(f"output {o.name!r}: rows {strides[o.name]} elements apart overlap (hidden={hidden}); "
-                              f"every row needs its own memory")
+        if o.node.kind in ROW_LIKE and rows > 1 and strides[o.name] < outputs[o.name].shape[-1]:
+            raise LaunchError(f"output {o.name!r}: rows {strides[o.name]} elements apart overlap (a row has "
+                              f"{outputs[o.name].shape[-1]}); every row needs its own memory")
 
     wide = plan.entries[0]
-    row_tensors = [(inputs | outputs)[n] for n in strides]
+    # group outputs (a value per `size` columns) are written element by element: their alignment is no matter
+    group_outputs = {o.name for o in block.outputs if o.node.kind is Kind.GROUP}
+    vectorised = {n: s for n, s in strides.items() if n not in group_outputs}
+    row_tensors = [(inputs | outputs)[n] for n in vectorised]
     strides_aligned = rows <= 1 or all(
-        (s * t.element_size()) % wide.align == 0 for s, t in zip(strides.values(), row_tensors, strict=True))
-    peel_strides = len({s % plan.config.vec for s in strides.values()}) == 1
+        (s * t.element_size()) % wide.align == 0 for s, t in zip(vectorised.values(), row_tensors, strict=True))
+    peel_strides = len({s % plan.config.vec for s in vectorised.values()}) == 1
     entry = choose_entry(plan, strides_aligned, peel_strides, [t.data_ptr() for t in row_tensors],
                          [t.data_ptr() for t in weights.values()])
 

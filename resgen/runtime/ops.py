@@ -166,7 +166,7 @@ def _run_fake(block: str, kernel: str, tensors: list[torch.Tensor], scalars: lis
               training: bool) -> list[torch.Tensor]:
     sig = signature(block, training)
     lead, hidden = sig.lead_hidden(tensors)
-    return [tensors[0].new_empty(value_shape(o.node.kind, tuple(lead), hidden), dtype=o.dtype.torch_dtype)
+    return [tensors[0].new_empty(value_shape(o.node, o.dtype, tuple(lead), hidden), dtype=o.dtype.torch_dtype)
             for o in sig.block.outputs]
 
 

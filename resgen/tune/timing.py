@@ -21,7 +21,7 @@ import torch
 
 from resgen.ir.block import Block
 from resgen.ir.dtypes import DType
-from resgen.ir.nodes import Kind
+from resgen.ir.nodes import Node
 from resgen.signature import value_shape
 
 #: Timed samples per measurement; also the most rotated input sets worth building.
@@ -55,11 +55,11 @@ Timer = Callable[[Callable[[int], object]], Timing]
 def plan_bytes(block: Block, rows: int, hidden: int) -> int:
     """Bytes a perfect kernel moves: every input, weight and row scalar read once, every output
     written once (row tensors, row scalars and column vectors each by their own shape)."""
-    def size(kind: Kind, dtype: DType) -> int:
-        return math.prod(value_shape(kind, (rows,), hidden)) * dtype.itemsize
+    def size(node: Node, dtype: DType) -> int:
+        return math.prod(value_shape(node, dtype, (rows,), hidden)) * dtype.itemsize
 
-    return (sum(size(p.kind, p.dtype) for p in block.params if p.op != "scalar")
-            + sum(size(o.node.kind, o.dtype) for o in block.outputs))
+    return (sum(size(p, p.dtype) for p in block.params if p.op != "scalar")
+            + sum(size(o.node, o.dtype) for o in block.outputs))
 
 
 def buffer_sets(bytes_per_set: int, device: torch.device, budget: int = 8 << 30, cap: int = REPS) -> int:
