@@ -36,7 +36,7 @@ def best_us(call: Callable[[], object], batch: int = 2000, batches: int = 30) ->
 def through_op(kernel: rg.Kernel, arguments: dict) -> Callable[[], object]:
     tensors = [arguments[n] for n in kernel.op.tensors]
     scalars = [float(arguments[n]) for n in kernel.op.scalars]
-    return lambda: torch.ops.resgen.run(kernel.op.text, kernel.op_kernel, tensors, scalars, 0, 0, False)
+    return lambda: torch.ops.resgen.run.default(kernel.op.text, kernel.op_kernel, tensors, scalars, 0, 0, False)
 
 
 def main() -> None:

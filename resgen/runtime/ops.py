@@ -134,15 +134,12 @@ kernels = _Kernels()
 def launch(sig: Signature, spec: str, tensors: Sequence[torch.Tensor], scalars: Sequence[float], seed: int,
            offset: int) -> list[torch.Tensor]:
     """Run the kernel of `sig` directly: the op's implementation, and eager calls that need no op."""
-    args: dict[str, Any] = dict(zip(sig.tensors, tensors, strict=True))
-    for _output, source in sig.inplace:  # functional: the caller copies the result back
-        args[source] = args[source].clone()
-    if scalars:
-        args.update(zip(sig.scalars, scalars, strict=True))
-    args["seed"], args["offset"] = seed % _U64, offset % _U64
     _lead, hidden = sig.lead_hidden(tensors)
-    out = kernels.get(sig.text, hidden, spec, tensors[sig.first].device).launch(args)
-    return [out[name] for name in sig.outputs]
+    kernel = kernels.get(sig.text, hidden, spec, tensors[sig.first].device)
+    if sig.inplace:  # functional: the caller copies the result back
+        overwritten = {source for _output, source in sig.inplace}
+        tensors = [t.clone() if n in overwritten else t for n, t in zip(sig.tensors, tensors, strict=True)]
+    return kernel.run_positional(tensors, scalars, seed % _U64, offset % _U64)
 
 
 _SCHEMA = ("run(str block, str kernel, Tensor[] tensors, float[] scalars, int seed, int offset, bool training) "
@@ -173,14 +170,31 @@ def _run_fake(block: str, kernel: str, tensors: list[torch.Tensor], scalars: lis
 run = torch.ops.resgen.run.default
 
 
+def _direct(tensors: Sequence[torch.Tensor]) -> bool:
+    """Nothing traces or intercepts this call (no torch.compile, no dispatch or torch-function mode such
+    as fake tensors or functionalization) and the tensors are plain: the op's kernels would reach the
+    Python below, so call it without the dispatcher, whose two crossings cost more than the launch."""
+    return (not torch.compiler.is_compiling()  # first: Dynamo reads it as a constant and traces none of the rest
+            and _current_dispatch_mode() is None and not torch._C._is_torch_function_mode_enabled()
+            and all(type(t) is torch.Tensor for t in tensors))
+
+
+def _below_autograd(block: str, kernel: str, tensors: list[torch.Tensor], scalars: list[float], seed: int,
+                    offset: int, training: bool) -> list[torch.Tensor]:
+    """The op below its autograd key: its backend kernel, directly when nothing intercepts the call."""
+    if _direct(tensors):
+        return _run(block, kernel, tensors, scalars, seed, offset, training)
+    with torch._C._AutoDispatchBelowAutograd():
+        return run(block, kernel, tensors, scalars, seed, offset, training)
+
+
 class _Autograd(torch.autograd.Function):
     """The op's autograd: the forward below autograd, the backward the generated kernel through the op."""
 
     @staticmethod
     def forward(ctx: Any, block: str, kernel: str, scalars: list[float], seed: int, offset: int, training: bool,
                 *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with torch._C._AutoDispatchBelowAutograd():
-            output = run(block, kernel, list(tensors), scalars, seed, offset, training)
+        output = _below_autograd(block, kernel, list(tensors), scalars, seed, offset, training)
         sig = signature(block)
         ctx.wrt = tuple(n for n, t in zip(sig.tensors, tensors, strict=True) if t.requires_grad)
         ctx.block, ctx.names, ctx.scalars, ctx.seed, ctx.offset = block, sig.tensors, scalars, seed, offset
@@ -201,15 +215,19 @@ def _autograd(block: str, kernel: str, tensors: list[torch.Tensor], scalars: lis
               training: bool) -> list[torch.Tensor]:
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return list(_Autograd.apply(block, kernel, scalars, seed, offset, training, *tensors))
-    if _current_dispatch_mode() is None and all(type(t) is torch.Tensor for t in tensors):
-        # plain tensors and no mode (fake tensors, functionalization) active: the backend kernel is what a
-        # redispatch below autograd would reach; call it without a second trip through the dispatcher
-        return _run(block, kernel, tensors, scalars, seed, offset, training)
-    with torch._C._AutoDispatchBelowAutograd():
-        return run(block, kernel, tensors, scalars, seed, offset, training)
+    return _below_autograd(block, kernel, tensors, scalars, seed, offset, training)
 
 
 _library.impl("run", _autograd, "Autograd")
+
+
+def _op(block: str, kernel: str, tensors: list[torch.Tensor], scalars: list[float], seed: int, offset: int,
+        training: bool) -> list[torch.Tensor]:
+    """A call of `resgen::run`: through the dispatcher when something traces or intercepts it, else its
+    autograd kernel directly (the same work without the dispatcher's crossings)."""
+    if _direct(tensors):
+        return _autograd(block, kernel, tensors, scalars, seed, offset, training)
+    return run(block, kernel, tensors, scalars, seed, offset, training)
 
 
 def _gradients(ctx: Any, grads: Sequence[torch.Tensor | None]) -> dict[str, torch.Tensor]:
@@ -218,7 +236,7 @@ def _gradients(ctx: Any, grads: Sequence[torch.Tensor | None]) -> dict[str, torc
     values: dict[str, torch.Tensor] = dict(zip(ctx.names, saved, strict=False))
     statistics = saved[len(ctx.names) + len(ctx.outputs):]  # the training forward's saved_<k>, in order
     if not ctx.training:  # called with training=False: recompute the statistics with a training forward
-        statistics = run(ctx.block, "", list(saved[:len(ctx.names)]), ctx.scalars, ctx.seed, ctx.offset,
+        statistics = _op(ctx.block, "", list(saved[:len(ctx.names)]), ctx.scalars, ctx.seed, ctx.offset,
                          True)[len(ctx.outputs):]
     values.update((f"saved_{k}", s) for k, s in enumerate(statistics))
     for name, g, (shape, dtype, device) in zip(ctx.outputs, grads, ctx.meta, strict=False):
@@ -227,7 +245,7 @@ def _gradients(ctx: Any, grads: Sequence[torch.Tensor | None]) -> dict[str, torc
     text, same = backward_of(ctx.block, ctx.wrt)
     sig = signature(text)
     scalars = dict(zip(signature(ctx.block).scalars, ctx.scalars, strict=True))
-    result = run(text, "", [values[n] for n in sig.tensors], [scalars[n] for n in sig.scalars], ctx.seed,
+    result = _op(text, "", [values[n] for n in sig.tensors], [scalars[n] for n in sig.scalars], ctx.seed,
                  ctx.offset, False)
     by_name = dict(zip(sig.outputs, result, strict=True))
     return {n: by_name[same.get(f"d_{n}", f"d_{n}")] for n in ctx.wrt}
@@ -263,9 +281,8 @@ def call(kernel: Kernel, kwargs: dict[str, Any]) -> Outputs:
         # an input the kernel overwrites keeps, for the backward, the values it had
         overwritten = {source for _output, source in sig.inplace}
         tensors = [t.clone() if n in overwritten else t for n, t in zip(sig.tensors, tensors, strict=True)]
-    results = torch.ops.resgen.run(sig.text, kernel.op_kernel, tensors, scalars,
-                                   _int64("seed", kwargs.get("seed", 0)), _int64("offset", kwargs.get("offset", 0)),
-                                   training)
+    results = _op(sig.text, kernel.op_kernel, tensors, scalars, _int64("seed", kwargs.get("seed", 0)),
+                  _int64("offset", kwargs.get("offset", 0)), training)
     outs = dict(zip(sig.outputs, results, strict=False))  # a training forward's statistics stay inside
     for name, source in sig.inplace:
         outs[name] = kwargs[source].copy_(outs[name])
