@@ -9,6 +9,8 @@
 #   4. bench_grad.json training: the backward alone and forward+backward through torch autograd, resgen vs
 #                      torch eager vs torch.compile, bf16, rows 32768, hidden 4096 and 16384
 #   5. latency.json    rows 1 and 64 at hidden 4096: device time (CUDA-graph replay) and call_us (host included)
+#   6. bench_quant.json the quantizing kernels (per-token fp8, MXFP8, NVFP4) vs torch eager, bf16, rows 32768,
+#                      hidden 4096 and 16384: is quantization free (the same fraction of copy as llama's)?
 #
 # Each stage has its own cap (timeout -k), and together they end by ~480 s, inside one 600 s device
 # command. Tests run with -v and per-test limits (thread method: a thread stuck in a CUDA sync ignores
@@ -29,8 +31,8 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export RESGEN_CACHE_DIR=${RESGEN_CACHE_DIR:-/tmp/resgen-cache}
 
-# Stage caps in seconds (sum 455, plus 5 s of kill grace each: under 480).
-ENV_CAP=15 TESTS_CAP=200 BENCH_CAP=110 GRAD_CAP=90 LATENCY_CAP=40
+# Stage caps in seconds (sum 450, plus 5 s of kill grace each: 480).
+ENV_CAP=15 TESTS_CAP=180 BENCH_CAP=100 GRAD_CAP=80 LATENCY_CAP=30 QUANT_CAP=45
 stage() {  # stage CAP LOG CMD...: run CMD under a hard cap, tee its output, return its status
     local cap=$1 log=$2
     shift 2
@@ -72,6 +74,11 @@ stage "$LATENCY_CAP" latency.log "$PY" -m resgen.cli bench llama --hidden 4096 -
     --json "$OUT/latency.json" $DRY
 latency_rc=$?
 
+stage "$QUANT_CAP" bench_quant.log "$PY" -m resgen.cli bench llama_fp8_dynamic,llama_mxfp8,llama_nvfp4 \
+    --hidden 4096,16384 --rows 32768 --against torch --json "$OUT/bench_quant.json" $DRY
+quant_rc=$?
+
 echo "env exit ${env_rc}, gpu tests exit ${tests_rc}, benchmark exit ${bench_rc}, training benchmark exit" \
-    "${grad_rc}, latency exit ${latency_rc}" | tee -a "$OUT/env.log"
-[ "$env_rc" -eq 0 ] && [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$grad_rc" -eq 0 ] && [ "$latency_rc" -eq 0 ]
+    "${grad_rc}, latency exit ${latency_rc}, quantizing benchmark exit ${quant_rc}" | tee -a "$OUT/env.log"
+[ "$env_rc" -eq 0 ] && [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$grad_rc" -eq 0 ] && [ "$latency_rc" -eq 0 ] \
+    && [ "$quant_rc" -eq 0 ]

@@ -24,7 +24,7 @@ DEVICE_BUDGET_S = 480
 def test_stage_caps_end_the_script_inside_one_device_command():
     text = SCRIPT.read_text()
     caps = dict(re.findall(r"(\w+_CAP)=(\d+)", text))
-    assert set(caps) == {"ENV_CAP", "TESTS_CAP", "BENCH_CAP", "GRAD_CAP", "LATENCY_CAP"}
+    assert set(caps) == {"ENV_CAP", "TESTS_CAP", "BENCH_CAP", "GRAD_CAP", "LATENCY_CAP", "QUANT_CAP"}
     stages = re.findall(r"^stage \"\$(\w+_CAP)\"", text, re.M)
     assert sorted(stages) == sorted(caps), "every stage runs under its own cap"
     kill_grace = int(re.search(r"timeout -k (\d+)", text).group(1))
@@ -59,6 +59,10 @@ def test_dry_run_runs_every_stage_without_a_device(tmp_path):
     assert all(r["bytes"] > 0 for r in training)
     latency = json.loads((tmp_path / "latency.json").read_text())
     assert {r["rows"] for r in latency} == {1, 64} and all("call_us" in r for r in latency)
+    quant = json.loads((tmp_path / "bench_quant.json").read_text())
+    assert {(r["block"], r["hidden"], r["system"]) for r in quant} == {
+        (b, h, s) for b in ("llama_fp8_dynamic", "llama_mxfp8", "llama_nvfp4") for h in (4096, 16384)
+        for s in ("resgen", "torch")}
 
 
 class FakeEvent:
