@@ -607,7 +607,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
             computes=tuple(f"const float {h.var} = {h.cache}_v[j];" for h in reads)
             + tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes if n.op not in GROUP_REDUCE_OPS),
             segments=_segments(nodes, reads, namer),
-            group_stores=tuple(GroupStore(row_out[o.name], namer.ref(o.node), o.node.group, config.vec)
+            group_stores=tuple(GroupStore(o.node.group, config.vec, tensor=row_out[o.name], value=namer.ref(o.node))
                                for o in group_outputs if stage[o.node] == s),
             reductions=tuple(
                 Reduction(reductions.index(r), namer.ref(r), {"row_max": "max", "row_var": "var"}.get(r.op, "sum"),
@@ -691,8 +691,8 @@ def _segments(nodes: tuple[Node, ...], reads: tuple[Held, ...], namer: _Namer) -
                 stack.extend(n.args)
         computes = tuple(f"const float {h.var} = {h.cache}_v[j];" for h in reads) + tuple(
             f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes if n in needed)
-        groups = tuple(GroupReduction(namer.array(n), n.op.removeprefix("group_"), namer.ref(n.args[0]), n.group,
-                                      namer.vec) for n in reductions)
+        groups = tuple(GroupReduction(n.group, namer.vec, var=namer.array(n), op=n.op.removeprefix("group_"),
+                                      value=namer.ref(n.args[0])) for n in reductions)
         segments.append(Segment(computes, groups))
     return tuple(segments)
 

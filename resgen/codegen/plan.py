@@ -208,14 +208,11 @@ class Store:
 
 
 @dataclass(frozen=True)
-class GroupReduction:
-    """A reduction over `size` consecutive columns inside the column loop: each thread combines its
-    chunk's elements into `slots` = max(1, VEC / size) partials (element j into j / width), then
-    `lanes` = size / VEC neighbouring lanes combine theirs with shuffles (no shared memory, no barrier)."""
+class GroupShape:
+    """How groups of `size` consecutive columns lie on chunks of `vec`: a chunk holds `slots` =
+    max(1, vec / size) of them (element j in slot j / width), or one spans `lanes` = size / vec
+    neighbouring lanes."""
 
-    var: str  # the array of partials, t<i>
-    op: str  # "max" | "sum"
-    value: str  # the per-element expression combined
     size: int
     vec: int
 
@@ -230,6 +227,16 @@ class GroupReduction:
     @property
     def lanes(self) -> int:
         return max(1, self.size // self.vec)
+
+
+@dataclass(frozen=True)
+class GroupReduction(GroupShape):
+    """A reduction over groups inside the column loop: each thread combines its chunk's elements into
+    its slots, then the group's lanes combine theirs with shuffles (no shared memory, no barrier)."""
+
+    var: str  # the array of partials, t<i>
+    op: str  # "max" | "sum"
+    value: str  # the per-element expression combined
 
     @property
     def init(self) -> str:
@@ -250,25 +257,11 @@ class Segment:
 
 
 @dataclass(frozen=True)
-class GroupStore:
-    """A group output: a value per `size` columns, written by the first lane of each group."""
+class GroupStore(GroupShape):
+    """A group output: a value per group, written by the first lane of each group."""
 
     tensor: RowTensor
     value: str  # the per-element expression (equal over the group)
-    size: int
-    vec: int
-
-    @property
-    def width(self) -> int:
-        return min(self.size, self.vec)
-
-    @property
-    def slots(self) -> int:
-        return self.vec // self.width
-
-    @property
-    def lanes(self) -> int:
-        return max(1, self.size // self.vec)
 
 
 @dataclass(frozen=True)
