@@ -8,9 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 
 import resgen as rg
 from resgen.verification import random_inputs, verify_kernel
+from tests.strategies import random_blocks
 
 QUANT = ["llama_fp8_static", "llama_fp8_dynamic", "llama_int8_dynamic", "llama_mxfp8", "llama_nvfp4"]
 PER_TOKEN = QUANT[:3]  # a scale per tensor or per row: any hidden size
@@ -475,3 +477,31 @@ def test_an_unwritten_e2m1_byte_fails_verification():
     kernel._backend.run = lambda *a, **k: None  # writes nothing: e2m1 has no NaN, its bytes are poisoned twice
     report = verify_kernel(kernel, 5)
     assert not next(c for c in report.outputs if c.name == "q").ok
+
+
+@pytest.mark.parametrize("config", [None, "tpr=32,rows=4,vec=1,cache=registers", "tpr=64,rows=1,vec=2,cache=smem",
+                                    "tpr=128,rows=1,vec=8,cache=global", "tpr=32,rows=1,vec=8,cache=smem,cluster=2",
+                                    "tpr=32,rows=4,vec=4,cache=registers,persist=2"])
+def test_group_values_anywhere_in_a_block_verify_clean(config):
+    # nested group reductions (two column loops before the main one), a group after a row reduction,
+    # a group of a dropout, a group value times a weight (a row), a group output in e8m0
+    b = rg.Block("nested")
+    x, r, w = b.input("x", rg.bf16), b.input("residual", rg.bf16), b.weight("w", rg.bf16)
+    h = x + r
+    centred = h - rg.group_max(rg.abs(h), 8)
+    b.output("a", centred * 1.0)
+    b.output("g2", rg.group_sum(centred * centred, 16), dtype=rg.f32)
+    y = rg.rms_norm(h, w) * rg.group_max(rg.abs(h), 16)
+    b.output("y", y)
+    b.output("g3", rg.group_max(rg.dropout(h, 0.1), 4) * w)
+    b.output("gm", rg.group_max(y, 32), dtype=rg.e8m0)
+    report = rg.verify(b, 1024, 37, backend="emu", arch="sm_90", config=config, sanitize=True, seed=3)
+    assert report.ok and not report.hazards, report.table()
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(block=random_blocks(groups=True))
+def test_random_blocks_with_group_reductions_verify_on_emu(block):
+    for hidden, rows in ((96, 5), (1024, 3)):
+        report = rg.verify(block, hidden, rows, backend="emu", seed=hidden)
+        assert report.ok, report.table()
