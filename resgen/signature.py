@@ -127,6 +127,8 @@ def bind(block: Block, kwargs: Mapping[str, Any], *, allow_outputs: bool = False
         if tuple(t.shape) != expected:
             what = {"input": "[..., hidden] like the other row inputs", "weight": "[hidden]",
                     "row_scalar": "[...], one value per row of the row inputs"}[op]
+            if params[name].dtype.pack > 1:
+                what += f"; {params[name].dtype!r} holds {params[name].dtype.pack} values per element"
             raise LaunchError(f"argument {name!r} must have shape {list(expected)} ({what}, hidden={hidden}), got {list(t.shape)}")
     if hidden < 1:
         raise LaunchError(f"argument {row_inputs[0]!r}: hidden size must be >= 1, got {hidden}")
