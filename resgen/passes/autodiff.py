@@ -95,6 +95,8 @@ class _Tape:
             return  # runtime scalars and constants are not differentiated
         if node.kind is Kind.ROWS and value.kind is Kind.ROW:
             value = make("row_sum", (value,))
+        elif node.kind is Kind.GROUP and value.kind is Kind.ROW:  # a group value broadcast over its columns
+            value = make("group_sum", (value,), size=node.group)
         elif node.kind is Kind.COL and value.kind is Kind.ROW:  # summed over the rows once, in `get`
             old = self.per_row.get(node)
             self.per_row[node] = value if old is None else make("add", (old, value))
@@ -174,8 +176,11 @@ def _backprop(tape: _Tape, n: Node, a: Node) -> None:
         tape.add(args[0], _op("mul", a, _op("div", hit, make("row_sum", (hit,)))))
     elif op in ("eq", "gt", "const", "round", "floor", "exponent"):
         pass  # piecewise constant: no gradient
-    elif op in ("group_max", "group_sum"):
-        raise VerifyError(f"grad: {op} has no adjoint rule yet (block-scaled quantizers are inference-only)")
+    elif op == "group_sum":  # the adjoint, a group value, broadcasts back over the group's columns
+        tape.add(args[0], a)
+    elif op == "group_max":  # as row_max: shared evenly by the maxima of the group
+        hit = _op("eq", P[args[0]], P[n])
+        tape.add(args[0], _op("mul", a, _op("div", hit, make("group_sum", (hit,), size=n.group))))
     else:
         raise VerifyError(f"grad: no adjoint rule for op {op!r}")
 
