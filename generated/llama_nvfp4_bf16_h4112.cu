@@ -7,6 +7,7 @@
 //   launch      128 threads/CTA = 1 row(s) x 128 threads (cta-per-row)
 //   row cache   registers (%1 kept between phases)
 //   persistent  396 CTAs loop over row groups, prefetching the next into L2; weight kept in registers
+//   groups      max over 16 columns (2 lanes' shuffles)
 //   shared mem  64 bytes dynamic (reduction partials)
 //   phases      2 (1 reduction(s))
 //

@@ -486,6 +486,11 @@ class KernelPlan:
             ["column sums"] if self.col_sums_in_smem else []) + (["reduction partials"] if self.reductions else [])
         return ", ".join(parts) or "none used"
 
+    def _groups(self) -> list[str]:
+        """Each group reduction: what it combines, and where (a thread's chunk, or lanes' shuffles)."""
+        return [f"{g.op} over {g.size} columns (" + ("in a chunk" if g.lanes == 1 else f"{g.lanes} lanes' shuffles") + ")"
+                for phase in self.phases for segment in phase.segments for g in segment.groups]
+
     def summary(self) -> list[str]:
         c = self.config
         return [
@@ -501,6 +506,7 @@ class KernelPlan:
             *([f"persistent  {self.persistent_ctas} CTAs loop over row groups, prefetching the next into L2"
                + (f"; {', '.join(w.name for w in self.hoisted)} kept in {self.hoisted[0].hoisted}" if self.hoisted else "")]
               if self.persistent_ctas and not self.col_sums else []),
+            *(["groups      " + "; ".join(self._groups())] if self._groups() else []),
             f"shared mem  {self.smem_bytes} bytes dynamic ({self._smem_parts()})",
             f"phases      {len(self.phases)} ({self.reductions} reduction(s))",
         ]
