@@ -542,3 +542,15 @@ def test_a_group_norm_trains_through_autograd():
         torch.testing.assert_close(mine[k].grad.float(), leaves[k].grad, rtol=0.05, atol=0.05)
     with pytest.raises(rg.VerifyError, match="'scale' is a group value"):
         rg.grad(rg.catalog.llama_mxfp8(rg.bf16))  # a group output has no cotangent: the quantizers stay inference-only
+
+
+def test_casts_to_block_scale_dtypes_round_in_the_middle_of_a_block():
+    b = rg.Block("mid")
+    x = b.input("x", rg.f32)
+    b.output("y", rg.cast(x * 3.0, rg.f4e2m1) + rg.cast(x, rg.e8m0), dtype=rg.bf16)  # rounded, not stored packed
+    xs = torch.randn(7, 64)
+    codes = torch.tensor([e2m1_rule(v) for v in (xs * 3.0).flatten().tolist()]).reshape(7, 64)
+    values = torch.tensor(E2M1 + [-v for v in E2M1])[codes]
+    want = (values + xs.to(torch.float8_e8m0fnu).float()).bfloat16()
+    assert torch.equal(rg.compile(b, 64, backend="emu")(x=xs).y, want)
+    assert rg.verify(b, 1000, 5, backend="emu").ok
