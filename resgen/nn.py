@@ -63,7 +63,7 @@ def _run(text: str, tensors: list[torch.Tensor], scalars: list[float] | None = N
     """The op under torch.compile and when recording gradients; else the same kernel, called directly."""
     training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     if training or torch.compiler.is_compiling():
-        return ops.run(text, "", tensors, scalars or [], 0, 0, training)
+        return ops.run_op(text, "", tensors, scalars or [], 0, 0, training)
     return ops.launch(ops.signature(text), "", tensors, scalars or (), 0, 0)
 
 
@@ -227,6 +227,8 @@ class LayerNorm(_Norm):
 #: FusedAddRMSNorm's quantized outputs: the catalog entry each one runs (its docstring has the formula).
 QUANT = {"fp8_static": "llama_fp8_static", "fp8_dynamic": "llama_fp8_dynamic", "int8_dynamic": "llama_int8_dynamic",
          "mxfp8": "llama_mxfp8", "nvfp4": "llama_nvfp4"}
+#: The quants whose kernel takes a per-tensor scale (a runtime scalar: fp8_static's scale, nvfp4's global one).
+PER_TENSOR_SCALE = ("fp8_static", "nvfp4")
 
 
 class FusedAddRMSNorm(RMSNorm):
@@ -275,13 +277,13 @@ class FusedAddRMSNorm(RMSNorm):
         static = self.quant == "fp8_static"
         if static and scale is None:
             raise LaunchError("argument 'scale' (the per-tensor scale) is required with quant='fp8_static'")
-        if scale is not None and self.quant not in ("fp8_static", "nvfp4"):
+        if scale is not None and self.quant not in PER_TENSOR_SCALE:
             raise LaunchError(f"argument 'scale' (a per-tensor scale) is taken by quant='fp8_static' and 'nvfp4' "
                               f"only, not {self.quant!r}")
         self._check("x", x)
         self._check("residual", residual)
         text = _block_text("add:" + self._spec, x.dtype, residual.dtype, self._wdtype())
-        scalars = [float(scale)] if static else [1.0 if scale is None else float(scale)] if self.quant == "nvfp4" else None
+        scalars = [1.0 if scale is None else float(scale)] if self.quant in PER_TENSOR_SCALE else None
         out = _run(text, self._tensors(x, residual), scalars)
         # outputs in block order: residual_out, q (, scale)
         return (out[1], torch.tensor(float(scale), device=x.device) if static else out[2], out[0])

@@ -221,7 +221,7 @@ def _autograd(block: str, kernel: str, tensors: list[torch.Tensor], scalars: lis
 _library.impl("run", _autograd, "Autograd")
 
 
-def _op(block: str, kernel: str, tensors: list[torch.Tensor], scalars: list[float], seed: int, offset: int,
+def run_op(block: str, kernel: str, tensors: list[torch.Tensor], scalars: list[float], seed: int, offset: int,
         training: bool) -> list[torch.Tensor]:
     """A call of `resgen::run`: through the dispatcher when something traces or intercepts it, else its
     autograd kernel directly (the same work without the dispatcher's crossings)."""
@@ -236,7 +236,7 @@ def _gradients(ctx: Any, grads: Sequence[torch.Tensor | None]) -> dict[str, torc
     values: dict[str, torch.Tensor] = dict(zip(ctx.names, saved, strict=False))
     statistics = saved[len(ctx.names) + len(ctx.outputs):]  # the training forward's saved_<k>, in order
     if not ctx.training:  # called with training=False: recompute the statistics with a training forward
-        statistics = _op(ctx.block, "", list(saved[:len(ctx.names)]), ctx.scalars, ctx.seed, ctx.offset,
+        statistics = run_op(ctx.block, "", list(saved[:len(ctx.names)]), ctx.scalars, ctx.seed, ctx.offset,
                          True)[len(ctx.outputs):]
     values.update((f"saved_{k}", s) for k, s in enumerate(statistics))
     for name, g, (shape, dtype, device) in zip(ctx.outputs, grads, ctx.meta, strict=False):
@@ -245,7 +245,7 @@ def _gradients(ctx: Any, grads: Sequence[torch.Tensor | None]) -> dict[str, torc
     text, same = backward_of(ctx.block, ctx.wrt)
     sig = signature(text)
     scalars = dict(zip(signature(ctx.block).scalars, ctx.scalars, strict=True))
-    result = _op(text, "", [values[n] for n in sig.tensors], [scalars[n] for n in sig.scalars], ctx.seed,
+    result = run_op(text, "", [values[n] for n in sig.tensors], [scalars[n] for n in sig.scalars], ctx.seed,
                  ctx.offset, False)
     by_name = dict(zip(sig.outputs, result, strict=True))
     return {n: by_name[same.get(f"d_{n}", f"d_{n}")] for n in ctx.wrt}
@@ -281,7 +281,7 @@ def call(kernel: Kernel, kwargs: dict[str, Any]) -> Outputs:
         # an input the kernel overwrites keeps, for the backward, the values it had
         overwritten = {source for _output, source in sig.inplace}
         tensors = [t.clone() if n in overwritten else t for n, t in zip(sig.tensors, tensors, strict=True)]
-    results = _op(sig.text, kernel.op_kernel, tensors, scalars, _int64("seed", kwargs.get("seed", 0)),
+    results = run_op(sig.text, kernel.op_kernel, tensors, scalars, _int64("seed", kwargs.get("seed", 0)),
                   _int64("offset", kwargs.get("offset", 0)), training)
     outs = dict(zip(sig.outputs, results, strict=False))  # a training forward's statistics stay inside
     for name, source in sig.inplace:
