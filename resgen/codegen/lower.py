@@ -151,7 +151,7 @@ def min_vec(block: Block) -> int:
 def widest_vec(block: Block, hidden: int) -> int:
     """The heuristic's vec: the widest of at most 16 bytes that divides hidden, or, for a peelable
     block with at least 4 chunks' worth of row, the widest of at most 16 bytes."""
-    width = min(d.itemsize / d.pack for d in row_dtypes(block))
+    width = min(d.value_bytes for d in row_dtypes(block))
     return next(v for v in (8, 4, 2, 1) if v * width <= 16 and v >= min_vec(block) and (
         hidden % v == 0 or peelable(block) and hidden >= 4 * v))
 
@@ -386,7 +386,7 @@ def first_phase_load_bytes(block: Block, hidden: int, config: LaunchConfig) -> i
     """Bytes of row input one thread has in flight in the first phase: its loads of every input
     that phase reads, over the chunks it unrolls (cost.loads_in_flight, before a plan exists)."""
     first = row_cache(block, config).phases[0].inputs
-    per_chunk = sum(p.dtype.itemsize * config.vec // p.dtype.pack for p in block.params_of("input") if p.name in first)
+    per_chunk = sum(int(p.dtype.value_bytes * config.vec) for p in block.params_of("input") if p.name in first)
     return per_chunk * _unroll(block, hidden, config)
 
 
@@ -604,8 +604,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
             weights=tuple(t for n, t in weights.items() if any(a.op == "weight" and a.name == n
                                                                for m in nodes for a in m.args)),
             dropouts=tuple(_masks(nodes, s, uses, namer, keep_bits)),
-            computes=tuple(f"const float {h.var} = {h.cache}_v[j];" for h in reads)
-            + tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes if n.op not in GROUP_REDUCE_OPS),
+            computes=_held_reads(reads) + tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes if n.op not in GROUP_REDUCE_OPS),
             segments=_segments(nodes, reads, namer),
             group_stores=tuple(GroupStore(o.node.group, config.vec, tensor=row_out[o.name], value=namer.ref(o.node))
                                for o in group_outputs if stage[o.node] == s),
@@ -672,6 +671,11 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
     )
 
 
+def _held_reads(reads: tuple[Held, ...]) -> tuple[str, ...]:
+    """A column loop's reads of the computed values it takes from the row cache, element j."""
+    return tuple(f"const float {h.var} = {h.cache}_v[j];" for h in reads)
+
+
 def _segments(nodes: tuple[Node, ...], reads: tuple[Held, ...], namer: _Namer) -> tuple[Segment, ...]:
     """The column loops a phase runs before its main one, one per depth of nested group reductions:
     loop k computes what the group reductions k deep need (recomputing earlier loops' values: the
@@ -689,8 +693,8 @@ def _segments(nodes: tuple[Node, ...], reads: tuple[Held, ...], namer: _Namer) -
             if n in depth and n not in needed and n.op not in GROUP_REDUCE_OPS:
                 needed.add(n)
                 stack.extend(n.args)
-        computes = tuple(f"const float {h.var} = {h.cache}_v[j];" for h in reads) + tuple(
-            f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes if n in needed)
+        computes = _held_reads(reads) + tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes
+                                              if n in needed)
         groups = tuple(GroupReduction(n.group, namer.vec, var=namer.array(n), op=n.op.removeprefix("group_"),
                                       value=namer.ref(n.args[0])) for n in reductions)
         segments.append(Segment(computes, groups))
@@ -725,8 +729,8 @@ def _min_ctas(block: Block, hidden: int, config: LaunchConfig, target: Arch) -> 
 def _entries(block: Block, name: str, vec: int, hidden: int) -> tuple[Entry, ...]:
     """The wide entry point; a peeled one when VEC does not divide hidden (rows start unaligned,
     see Entry); and a narrow one for tensors not aligned for VEC elements."""
-    widths = [p.dtype.itemsize / p.dtype.pack for p in block.params if p.op != "scalar"] + [
-        o.dtype.itemsize / o.dtype.pack for o in block.outputs if o.node.kind is not Kind.GROUP]  # those: element-wise
+    widths = [p.dtype.value_bytes for p in block.params if p.op != "scalar"] + [
+        o.dtype.value_bytes for o in block.outputs if o.node.kind is not Kind.GROUP]  # those: element-wise
     align = max(max(1, min(16, int(vec * width))) for width in widths)
     if vec == 1:
         return (Entry(name, True, align),)

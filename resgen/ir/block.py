@@ -236,18 +236,23 @@ OUTPUT_KINDS = (Kind.ROW, Kind.ROWS, Kind.GROUP, Kind.COL)
 
 def hidden_multiple(block: Block) -> int:
     """What `check_hidden_fits` needs hidden to be a multiple of."""
-    sizes = [n.group for n in block.body if n.kind is Kind.GROUP] + [p.dtype.pack for p in block.params] + [
+    sizes = [n.group for n in _live_groups(block)] + [p.dtype.pack for p in block.params] + [
         o.dtype.pack for o in block.outputs]
     return math.lcm(1, *sizes)
+
+
+def _live_groups(block: Block) -> list[Node]:
+    """The group values some output uses (a value no output uses constrains nothing)."""
+    from resgen.ir.verify import reachable
+
+    return [n for n in reachable([o.node for o in block.outputs]) if n.kind is Kind.GROUP]
 
 
 def check_hidden_fits(block: Block, hidden: int) -> None:
     """Raise IRTypeError unless every group size of `block` divides `hidden` and every packed row
     tensor holds whole bytes (hidden a multiple of its pack); values no output uses do not count."""
-    from resgen.ir.verify import reachable
-
-    for n in reachable([o.node for o in block.outputs]):
-        if n.kind is Kind.GROUP and n.group and hidden % n.group:
+    for n in _live_groups(block):
+        if hidden % n.group:
             raise IRTypeError(f"{n.op}: hidden={hidden} is not a multiple of its group size {n.group}; groups of "
                               f"consecutive columns must tile the row")
     packed = [(p.name, p.dtype) for p in block.params if p.dtype.pack > 1] + [

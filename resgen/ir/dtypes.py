@@ -43,9 +43,9 @@ class DType:
         return self.torch_dtype.is_floating_point
 
     @property
-    def bits(self) -> int:
-        """Bits one value takes in memory."""
-        return 8 * self.itemsize // self.pack
+    def value_bytes(self) -> float:
+        """Bytes one value takes in memory (a packed e2m1 value: half a byte)."""
+        return self.itemsize / self.pack
 
     def columns(self, values: int) -> int:
         """Storage elements holding `values` consecutive values of a row."""

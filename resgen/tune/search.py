@@ -41,7 +41,7 @@ def enumerate_configs(block: Block, hidden: int, arch: str = DEFAULT_ARCH) -> li
     CLUSTER_MIN_HIDDEN on GPUs with clusters, 2 to 8 CTAs of 256 to 1024 threads per row. Each
     register-cached config also comes persistent (`persistent_variant`) where that fits, and the
     heuristic's own choice is always in."""
-    width = min(d.itemsize / d.pack for d in row_dtypes(block))  # bytes per value (a packed e2m1 half a byte)
+    width = min(d.value_bytes for d in row_dtypes(block))
     dividing = [v for v in (8, 4, 2, 1) if v * width <= 16 and hidden % v == 0 and v >= min_vec(block)]
     vecs = list(dict.fromkeys([widest_vec(block, hidden), *dividing]))[:2]  # the widest two (peeled or not)
     configs = []
