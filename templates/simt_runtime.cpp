@@ -24,17 +24,34 @@ void hazard(const char* kind, int line, const std::string& detail) {
 }
 
 // A earlier access `a` is ordered before the current thread's access when it is the same thread's,
-// when a barrier of the current thread's CTA came between (same CTA), or a cluster barrier did.
+// when a barrier of the current thread's CTA came between (same CTA), or when its thread arrived at a
+// cluster barrier after it whose phase the current thread has since waited out.
 bool ordered(const Access& a, unsigned now) {
     if (a.thread == now) return true;
     const unsigned cta = group->threads[now].cta;
-    if (a.cluster_epoch < sanitizer.cluster_epoch) return true;
+    if (a.cluster_epoch < group->threads[now].cluster_waited) return true;
     return group->threads[a.thread].cta == cta && a.cta_epoch < sanitizer.cta_epoch[cta];
+}
+
+// barrier.cluster.arrive: counted per thread. A relaxed arrival publishes nothing, so one after a
+// shared-memory access (which would order nothing, unlike what the emulator's epochs would assume)
+// and a second arrival before a wait are hazards.
+void cluster_arrive(bool release, int line) {
+    Thread& me = self();
+    if (sanitizer.enabled && me.cluster_arrived > me.cluster_waited)
+        hazard("cluster barrier arrival without a wait", line,
+               who(group->current) + " arrives again before waiting out its previous arrival");
+    if (sanitizer.enabled && !release && me.shared_since_arrive)
+        hazard("relaxed cluster arrival after shared-memory accesses", line,
+               who(group->current) + " accessed shared memory before a relaxed arrival, which orders none of it");
+    ++me.cluster_arrived;
+    me.shared_since_arrive = false;
 }
 
 void shared_access(unsigned cta, unsigned long long offset, unsigned bytes, bool write, int line) {
     const unsigned now = group->current;
-    Access here{now, sanitizer.cta_epoch[self().cta], sanitizer.cluster_epoch, line};
+    self().shared_since_arrive = true;
+    Access here{now, sanitizer.cta_epoch[self().cta], self().cluster_arrived, line};
     std::vector<Shadow>& shadow = sanitizer.smem[cta];
     for (unsigned long long b = offset; b < offset + bytes && b < shadow.size(); ++b) {
         Shadow& s = shadow[b];
@@ -204,7 +221,7 @@ bool release(unsigned first, unsigned last, Wait w) {
                 }
         }
     } else if (exited) {
-        hazard(w == Wait::Block ? "barrier reached by part of a CTA" : "barrier reached by part of a cluster", line,
+        hazard("barrier reached by part of a CTA", line,
                std::to_string(live) + " of " + std::to_string(live + exited) + " threads (from " + who(first) +
                    ") reach it; the others exited first");
     }
@@ -213,11 +230,40 @@ bool release(unsigned first, unsigned last, Wait w) {
     for (unsigned t = first; t < last; ++t)
         if (group->threads[t].wait == w) group->threads[t].wait = Wait::Runnable;
     if (sanitizer.enabled && w == Wait::Block) ++sanitizer.cta_epoch[group->threads[first].cta];
-    if (sanitizer.enabled && w == Wait::Cluster) {
-        ++sanitizer.cluster_epoch;
-        for (unsigned& e : sanitizer.cta_epoch) ++e;
-    }
     return true;
+}
+
+// Release the threads waiting at a cluster barrier whose phase is complete: every live thread of the
+// cluster has made as many arrivals as the waiter (threads past their arrival may still be running).
+bool release_cluster() {
+    const unsigned n = (unsigned)group->threads.size();
+    unsigned arrived = ~0u;  // the phase every live thread has reached
+    for (const Thread& t : group->threads)
+        if (t.wait != Wait::Done) arrived = std::min(arrived, t.cluster_arrived);
+    bool released = false;
+    for (unsigned i = 0; i < n; ++i) {
+        Thread& t = group->threads[i];
+        if (t.wait != Wait::Cluster || t.cluster_arrived > arrived) continue;
+        if (sanitizer.enabled && t.cluster_arrived == t.cluster_waited)
+            hazard("cluster barrier wait without an arrival", t.line, who(i) + " waits again after its last arrival");
+        if (sanitizer.enabled)
+            for (unsigned e = 0; e < n; ++e)
+                if (group->threads[e].wait == Wait::Done && group->threads[e].cluster_arrived < t.cluster_arrived) {
+                    hazard("barrier reached by part of a cluster", t.line,
+                           who(e) + " exited before arriving at the cluster barrier " + who(i) + " waits at");
+                    break;
+                }
+        t.wait = Wait::Runnable;
+        t.cluster_waited = t.cluster_arrived;
+        released = true;
+    }
+    if (released && sanitizer.enabled) {
+        unsigned waited = ~0u;
+        for (const Thread& t : group->threads)
+            if (t.wait != Wait::Done) waited = std::min(waited, t.cluster_waited);
+        if (waited != ~0u) sanitizer.cluster_epoch = waited;
+    }
+    return released;
 }
 
 // Release what can be released: warps at a shuffle, then CTAs at __syncthreads, then the cluster.
@@ -229,7 +275,7 @@ bool release_barriers() {
     if (released) return true;
     for (unsigned c = 0; c * b < n; ++c) released |= release(c * b, c * b + b, Wait::Block);
     if (released) return true;
-    return release(0, n, Wait::Cluster);
+    return release_cluster();
 }
 
 void run_thread(Group& state, unsigned t) {
@@ -338,6 +384,8 @@ long long run_groups(long long first, long long step, long long grid, unsigned t
             th.tid = t % threads;
             th.wait = Wait::Runnable;
             th.shuffles = 0;
+            th.cluster_arrived = th.cluster_waited = 0;
+            th.shared_since_arrive = false;
             start_fiber(th.context, state.stacks[t].get(), kStack, state.scheduler);
         }
         if (!run_group(state, rng)) {

@@ -19,7 +19,8 @@
 // its alignment, shared-memory accesses for races within a barrier interval (per-byte shadow: last
 // writer and readers since, each with the barrier epochs it ran in), shuffles for masks naming lanes
 // that exited, barriers for threads that exited before reaching them, and distributed-shared-memory
-// reads for CTAs that have already exited. Hazards are collected, one per kind and source line.
+// writes for CTAs that have exited or are not known to have started. Hazards are collected, one per
+// kind and source line.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -88,6 +89,9 @@ struct Thread {
     unsigned shuffles = 0;  // parity picks the shuffle buffer, so a fast lane never overwrites a slow lane's value
     unsigned mask = 0;  // the lane mask of the shuffle it waits at
     int line = 0;  // the source line of the barrier or shuffle it waits at
+    unsigned cluster_arrived = 0;  // cluster barrier arrivals so far (barrier.cluster.arrive)
+    unsigned cluster_waited = 0;  // the arrival whose barrier phase this thread last waited out
+    bool shared_since_arrive = false;  // sanitizer: a shared-memory access since its last arrival
 };
 
 struct CTA {
@@ -114,7 +118,8 @@ extern unsigned schedule_seed;
 // ---- the sanitizer's state (used only by sanitized launches) ----
 struct Access {
     unsigned thread = ~0u;  // index in the group; ~0u: none
-    unsigned cta_epoch = 0, cluster_epoch = 0;
+    unsigned cta_epoch = 0;  // the CTA's __syncthreads releases before it
+    unsigned cluster_epoch = 0;  // its thread's cluster arrivals before it: phase cluster_epoch + 1 orders it
     int line = 0;
 };
 struct Shadow {
@@ -133,7 +138,7 @@ struct Sanitizer {
     std::vector<std::vector<unsigned>> touched;  // per CTA: bytes whose shadow is not empty
     std::vector<unsigned> cta_epoch;
     std::vector<bool> exited;
-    unsigned cluster_epoch = 0;
+    unsigned cluster_epoch = 0;  // the cluster barrier phases every live thread has waited out
     long long first_cta = 0;
     bool enabled = false;  // this launch is sanitized (rg_emu_set_sanitizing)
 };
@@ -153,6 +158,7 @@ std::string who(unsigned index);
 void hazard(const char* kind, int line, const std::string& detail);
 void shared_access(unsigned cta, unsigned long long offset, unsigned bytes, bool write, int line);
 bool sanitizer_aligned(const void* ptr, unsigned align, int line);
+void cluster_arrive(bool release, int line);
 void sanitizer_access(const void* ptr, unsigned bytes, bool write, int line);
 
 inline uint3 thread_idx() {
@@ -226,29 +232,41 @@ template <typename T> inline T __shfl_sync(unsigned mask, T v, int src, int widt
 }
 
 // ---- thread-block clusters: the CTAs of a cluster run together; distributed shared memory maps
-// an address in this CTA's dynamic shared memory to the same offset in another CTA's ----
+// an address in this CTA's dynamic shared memory to the same offset in another CTA's. The cluster
+// barrier is split as in PTX: arrive (counted per thread) and wait (until every live thread of the
+// cluster has made as many arrivals as this one); rg_cluster_sync is the two back to back ----
 inline unsigned rg_cluster_rank() { return rg_emu::self().cta; }
-inline void rg_cluster_sync(int line = RG_CALLER_LINE) { rg_emu::block_until(rg_emu::Wait::Cluster, line); }
-inline float rg_cluster_load(const float* local, unsigned rank, int line = RG_CALLER_LINE) {
+inline void rg_cluster_arrive_relaxed(int line = RG_CALLER_LINE) { rg_emu::cluster_arrive(false, line); }
+inline void rg_cluster_wait(int line = RG_CALLER_LINE) { rg_emu::block_until(rg_emu::Wait::Cluster, line); }
+inline void rg_cluster_sync(int line = RG_CALLER_LINE) {
+    rg_emu::cluster_arrive(true, line);
+    rg_emu::block_until(rg_emu::Wait::Cluster, line);
+}
+inline void rg_cluster_store(float* local, unsigned rank, float v, int line = RG_CALLER_LINE) {
     const std::vector<unsigned char>& mine = rg_emu::my_cta().dynamic_smem;
     const auto offset = reinterpret_cast<const unsigned char*>(local) - mine.data();
     if (offset < 0 || offset + 4 > (long)mine.size() || rank >= rg_emu::group->ctas.size()) {
-        std::fprintf(stderr, "resgen emu: rg_cluster_load outside dynamic shared memory or the cluster\n");
+        std::fprintf(stderr, "resgen emu: rg_cluster_store outside dynamic shared memory or the cluster\n");
         std::abort();
     }
 #ifdef RG_SANITIZE
-    if (rg_emu::sanitizer.enabled && rg_emu::sanitizer.exited[rank])
-        rg_emu::hazard("read of an exited CTA's shared memory", line,
-                       rg_emu::who(rg_emu::group->current) + " reads byte " + std::to_string(offset) + " of CTA " +
-                           std::to_string(rg_emu::sanitizer.first_cta + rank) +
-                           "'s shared memory after that CTA exited (a cluster barrier must keep it alive)");
-    rg_emu::shared_access(rank, (unsigned long long)offset, 4, false, line);
+    if (rg_emu::sanitizer.enabled && rank != rg_emu::self().cta) {
+        const std::string where = "byte " + std::to_string(offset) + " of CTA " +
+                                  std::to_string(rg_emu::sanitizer.first_cta + rank) + "'s shared memory";
+        if (rg_emu::sanitizer.exited[rank])
+            rg_emu::hazard("write to an exited CTA's shared memory", line,
+                           rg_emu::who(rg_emu::group->current) + " writes " + where +
+                               " after that CTA exited (its wait for the cluster barrier must come after this write)");
+        if (rg_emu::self().cluster_waited == 0)
+            rg_emu::hazard("write to a CTA not known to have started", line,
+                           rg_emu::who(rg_emu::group->current) + " writes " + where +
+                               " before waiting at a cluster barrier (that CTA may not be running yet)");
+    }
+    rg_emu::shared_access(rank, (unsigned long long)offset, 4, true, line);
 #else
     (void)line;
 #endif
-    float v;
-    std::memcpy(&v, rg_emu::group->ctas[rank].dynamic_smem.data() + offset, 4);
-    return v;
+    std::memcpy(rg_emu::group->ctas[rank].dynamic_smem.data() + offset, &v, 4);
 }
 
 // ---- device math the templates use, with CUDA's meaning ----

@@ -30,7 +30,17 @@ def replace(old: str, new: str) -> Callable[[str], str]:
 
 
 SHARED_SCRATCH = replace("scratch + (1 * ROWS_PER_CTA", "scratch + (0 * ROWS_PER_CTA")
-NO_FINAL_CLUSTER_SYNC = replace("    rg_cluster_sync();  // no CTA leaves while another may still read its partials\n", "")
+NO_START_WAIT = replace("    rg_cluster_wait();  // every CTA of the cluster has started: its shared memory may be written\n", "")
+ONE_SET_OF_PARTIALS = replace("(int)(turn & 1) *", "0 *")
+RELAXED_PUSH = replace("threadIdx.x, v);\n    rg_cluster_sync();", "threadIdx.x, v);\n    rg_cluster_arrive_relaxed();\n    rg_cluster_wait();")
+
+
+def STRAY_PUSH(source: str) -> str:
+    """A push after the kernel's last cluster barrier: a peer may have exited."""
+    end = "\n}\n\nextern \"C\" __global__"
+    return source.replace(end, "\n    rg_cluster_store(partials, (crank + 1) % CLUSTER, 0.0f);" + end, 1)
+
+
 EXIT_PAST_LAST_ROW = replace("    const long long src_row", "    if (!in_row) return;\n    const long long src_row")
 NO_TRAILING_BARRIER = replace("    __syncthreads();  // the next row group reuses the reduction scratch\n", "")
 UNPREDICATED_TAIL_LOAD = replace(
@@ -43,8 +53,15 @@ UNPREDICATED_TAIL_LOAD = replace(
 #: (hazard kind, block, hidden, config, rows, the broken edit)
 HAZARDS = [
     ("race (write after read)", rg.catalog.gemma2_sandwich(rg.f32), 2048, "tpr=128,rows=1,vec=4", 3, SHARED_SCRATCH),
-    ("read of an exited CTA's shared memory", rg.catalog.gpt2(rg.f32), 2048, "tpr=64,rows=1,vec=4,cache=smem,cluster=4",
-     2, NO_FINAL_CLUSTER_SYNC),
+    ("write to a CTA not known to have started", rg.catalog.gpt2(rg.f32), 2048,
+     "tpr=64,rows=1,vec=4,cache=smem,cluster=4", 2, NO_START_WAIT),
+    ("write to an exited CTA's shared memory", rg.catalog.gpt2(rg.f32), 2048,
+     "tpr=64,rows=1,vec=4,cache=smem,cluster=4", 2, STRAY_PUSH),
+    ("relaxed cluster arrival after shared-memory accesses", rg.catalog.llama(rg.f32), 2048,
+     "tpr=64,rows=1,vec=4,cache=registers,cluster=2", 2, RELAXED_PUSH),
+    # a persistent cluster's next turn pushes into the slots a peer may still be reading
+    ("race (write after read)", rg.catalog.llama(rg.f32), 512, "tpr=64,rows=1,vec=4,cache=registers,cluster=2,persist=1",
+     140, ONE_SET_OF_PARTIALS),
     ("shuffle mask names an exited lane", rg.catalog.llama(rg.f32), 64, "tpr=8,rows=16,vec=4", 5, EXIT_PAST_LAST_ROW),
     ("barrier reached by part of a CTA", rg.catalog.llama(rg.f32), 256, "tpr=64,rows=2,vec=4", 3, EXIT_PAST_LAST_ROW),
     ("out-of-bounds global access", rg.catalog.llama(rg.f32), 1000, "tpr=32,rows=4,vec=4", 5, UNPREDICATED_TAIL_LOAD),
@@ -121,8 +138,9 @@ def test_the_catalog_is_clean_under_the_sanitizer(name, dt, family):
 
 @pytest.mark.parametrize("config, rows", [("tpr=64,rows=1,vec=4,cache=smem,persist=1", 140),
                                           ("tpr=32,rows=1,vec=4,cache=registers,cluster=2,persist=1", 70),
+                                          ("tpr=64,rows=1,vec=2,cache=smem,cluster=2,persist=1", 70),
                                           ("tpr=256,rows=1,vec=1,cache=global,persist=4", 3)],
-                         ids=["loop", "cluster-loop", "smem-weights"])
+                         ids=["loop", "cluster-loop", "cluster-cta-loop", "smem-weights"])
 @pytest.mark.parametrize("name", ["llama", "gpt2", "bert", "gemma2_sandwich"])
 def test_persistent_kernels_are_clean_under_the_sanitizer(name, config, rows):
     report = rg.verify(rg.catalog[name](rg.f32), 256, rows, backend="emu", config=config, sanitize=True, seed=rows)

@@ -200,7 +200,7 @@ def col_sums_in_smem(block: Block, hidden: int, config: LaunchConfig, arch: Arch
 @dataclass(frozen=True)
 class SmemLayout:
     """Dynamic shared memory of one CTA: the row cache (cache=smem), the per-warp partials of each
-    reduction, and (in a cluster) each reduction's CTA partial that the other CTAs read."""
+    reduction, and (in a cluster) each reduction's slots that the cluster's CTAs push partials into."""
 
     pitch: int  # elements of one row this CTA caches
     cache_offsets: dict[str, int]  # row inputs kept between phases
@@ -238,11 +238,12 @@ def smem_layout(block: Block, hidden: int, config: LaunchConfig, arch: Arch) -> 
             total += up16(4 * pitch * config.rows_per_cta)
     reductions = sum(n.op in REDUCE_OPS for n in block.body)
     scratch = total
-    slot = 4 * KernelPlan.SLOT_FLOATS  # bytes of one reduction's slot per warp (and per CTA in a cluster)
+    slot = 4 * KernelPlan.SLOT_FLOATS  # bytes of one reduction's slot per warp (and per CTA of a cluster)
     total += up16(slot * reductions * config.rows_per_cta * max(1, config.threads_per_row // 32))
     partials = total
-    if config.cluster > 1:
-        total += up16(slot * reductions)
+    if config.cluster > 1:  # a slot per CTA of the cluster; persistent kernels alternate two sets
+        persistent = bool(config.persist or col_sum_count(block))
+        total += up16(slot * reductions * config.cluster * (2 if persistent else 1))
     return SmemLayout(pitch, offsets, values, weights, tuple(col_sums), scratch, partials, total)
 
 

@@ -409,7 +409,7 @@ class KernelPlan:
     smem_bytes: int  # dynamic shared memory: the row cache, reduction scratch, cluster partials
     smem_pitch: int  # elements of one row this CTA caches
     smem_scratch: int  # byte offset of the reductions' per-warp partials
-    smem_partials: int  # byte offset of the CTA's partial sums its cluster reads
+    smem_partials: int  # byte offset of the slots the cluster's CTAs push their partials into
     includes: tuple[str, ...]
     params: tuple[Param, ...]
     row_inputs: tuple[RowTensor, ...]
@@ -442,11 +442,13 @@ class KernelPlan:
     @property
     def trailing_barrier(self) -> bool:
         """A persistent kernel's row group must end at a barrier before the next one reduces into
-        the same shared memory: only with a single reduction that goes through shared memory (more
-        than a warp per row, or a cluster). With two or more, the next row group's first barrier
-        comes between a slot's last read and its next write; a warp's own reduction uses shuffles."""
-        c = self.config
-        return self.reductions == 1 and (c.threads_per_row > 32 or c.cluster > 1)
+        the same shared memory: only with a single reduction that goes through the CTA's scratch
+        (more than a warp per row). With two or more, the next row group's first barrier comes
+        between a slot's last read and its next write; a warp's own reduction uses shuffles. A
+        cluster's partials need none: they alternate between two sets on alternate turns of the loop
+        (a peer's push on turn k + 2 follows its barrier on turn k + 1, which follows this CTA's
+        reads on turn k)."""
+        return self.reductions == 1 and self.config.threads_per_row > 32
 
     @property
     def persistent(self) -> bool:
@@ -464,7 +466,7 @@ class KernelPlan:
         return self.grid(rows) // self.config.cluster * self.config.rows_per_cta
 
     FINALIZE_THREADS = 256
-    #: Floats of one reduction's slot in shared memory, per warp and per cluster CTA: a row
+    #: Floats of one reduction's slot in shared memory, per warp and per CTA of a cluster: a row
     #: variance's rg_welford (count, shift, offset, m2); the other reductions use the first.
     SLOT_FLOATS = 4
 
