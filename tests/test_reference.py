@@ -183,6 +183,10 @@ def test_compare_fails_an_unwritten_element_anywhere_and_matches_a_direct_comput
     assert compare("y", rg.bf16, out, ref).ok
     out[1, 5] = float("nan")
     assert not compare("y", rg.bf16, out, ref).ok
+    out[1, 5] = 1.0  # a finite value for an infinity is an error too
+    assert not compare("y", rg.bf16, out, ref).ok
+    ref[1, 5], out[1, 5] = float("nan"), float("nan")  # NaN for NaN is no error
+    assert compare("y", rg.bf16, out, ref).ok
 
 
 def test_catalog_parameters_change_the_block_and_its_reference():
