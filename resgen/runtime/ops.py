@@ -112,12 +112,12 @@ class _Kernels:
         self._live[(kernel.op.text, kernel.hidden, kernel.op_kernel, kernel.backend)] = kernel
 
     def get(self, text: str, hidden: int, spec: str, device: torch.device) -> Kernel:
-        from resgen.runtime.kernel import compile
-
         backend = "cuda" if device.type == "cuda" else "emu"
         key = (text, hidden, spec, backend)
         kernel = self._built.get(key) or self._live.get(key)
         if kernel is None:
+            from resgen.runtime.kernel import compile  # a cycle at import time; here only on a miss
+
             with self._lock:
                 kernel = self._built.get(key) or self._live.get(key)
                 if kernel is None:
