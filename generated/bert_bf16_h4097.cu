@@ -581,8 +581,8 @@ __device__ __forceinline__ void rg_bert_bf16_h4097_t128_r1_v8_reg_body(
         rg_welford_add<VEC>(rs3_w, rs3_x, -col0, TAIL ? HIDDEN - col0 : VEC);
     }
     rs3_w = rg_row_welford<TPR>(rs3_w, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
-    const float rs3 = rs3_w.m2 / (float)HIDDEN;
     rs8 = rg_row_reduce<rg_sum, TPR>(rs8, scratch + (1 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    const float rs3 = rs3_w.m2 / (float)HIDDEN;
     const float rs5 = rs3 + 9.99999996e-13f;
     const float rs6 = rsqrtf(rs5);
     const float rs9 = 0.000244081035f * rs8;

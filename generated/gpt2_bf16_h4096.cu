@@ -539,8 +539,8 @@ __device__ __forceinline__ void rg_gpt2_bf16_h4096_t128_r1_v8_reg_p3_body(
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual_out, col0, v_residual_out);
     }
     rs2_w = rg_row_welford<TPR>(rs2_w, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
-    const float rs2 = rs2_w.m2 / (float)HIDDEN;
     rs5 = rg_row_reduce<rg_sum, TPR>(rs5, scratch + (1 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    const float rs2 = rs2_w.m2 / (float)HIDDEN;
     const float rs3 = 9.99999975e-06f + rs2;
     const float rs4 = rsqrtf(rs3);
     const float rs7 = rs5 * 0.000244140625f;

@@ -548,8 +548,8 @@ __device__ __forceinline__ void rg_parallel_residual_bf16_h4096_t128_r1_v8_reg_p
         if (in_row) rg_store<__nv_bfloat16, VEC, HIDDEN, WIDE>(r_residual_out, col0, v_residual_out);
     }
     rs2_w = rg_row_welford<TPR>(rs2_w, scratch + (0 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
-    const float rs2 = rs2_w.m2 / (float)HIDDEN;
     rs6 = rg_row_reduce<rg_sum, TPR>(rs6, scratch + (1 * ROWS_PER_CTA + slot) * WARPS * 4, lane);
+    const float rs2 = rs2_w.m2 / (float)HIDDEN;
     const float rs4 = rs2 + 9.99999975e-06f;
     const float rs5 = rsqrtf(rs4);
     const float rs8 = rs6 * 0.000244140625f;

@@ -37,14 +37,18 @@ __device__ __forceinline__ void rg_cluster_store(float* local, unsigned rank, fl
 }
 #endif
 
-// Combine each CTA's (already CTA-wide, known to every thread) value across the cluster, in rank
-// order, so every thread of every CTA gets the same bits. `slots`: this reduction's CLUSTER slots
-// of SLOT floats in dynamic shared memory; `crank`: this CTA's rank. (A CTA has whole warps, and a
-// cluster at most 8 CTAs: threads 0..CLUSTER-1 exist.)
-template <typename Op, int CLUSTER, int SLOT>
-__device__ __forceinline__ float rg_cluster_reduce(float v, float* slots, int crank) {
+// A phase's reductions meet in one exchange: each pushes the CTA's value (already CTA-wide, known
+// to every thread) into `slots`, this reduction's CLUSTER slots of SLOT floats in dynamic shared
+// memory, at this CTA's rank `crank`; one rg_cluster_sync for the phase; then each combines its
+// slots in rank order, so every thread of every CTA gets the same bits. (A CTA has whole warps and
+// a cluster at most 8 CTAs: threads 0..CLUSTER-1 exist.)
+template <int CLUSTER, int SLOT>
+__device__ __forceinline__ void rg_cluster_push(float v, float* slots, int crank) {
     if (threadIdx.x < CLUSTER) rg_cluster_store(slots + SLOT * crank, threadIdx.x, v);
-    rg_cluster_sync();
+}
+
+template <typename Op, int CLUSTER, int SLOT>
+__device__ __forceinline__ float rg_cluster_total(const float* slots) {
     RG_CHECK(slots, 4, false, __LINE__);
     float total = slots[0];
 #pragma unroll
@@ -55,9 +59,9 @@ __device__ __forceinline__ float rg_cluster_reduce(float v, float* slots, int cr
     return total;
 }
 
-// The same for a row variance's rg_welford: four floats per CTA, combined in rank order.
+// The same for a row variance's rg_welford: four floats per CTA.
 template <int CLUSTER, int SLOT>
-__device__ __forceinline__ rg_welford rg_cluster_welford(rg_welford w, float* slots, int crank) {
+__device__ __forceinline__ void rg_cluster_push_welford(rg_welford w, float* slots, int crank) {
     static_assert(SLOT >= 4, "a rg_welford takes four floats");
     if (threadIdx.x < CLUSTER) {
         float* const mine = slots + SLOT * crank;
@@ -66,7 +70,10 @@ __device__ __forceinline__ rg_welford rg_cluster_welford(rg_welford w, float* sl
         rg_cluster_store(mine + 2, threadIdx.x, w.offset);
         rg_cluster_store(mine + 3, threadIdx.x, w.m2);
     }
-    rg_cluster_sync();
+}
+
+template <int CLUSTER, int SLOT>
+__device__ __forceinline__ rg_welford rg_cluster_welford_total(const float* slots) {
     RG_CHECK(slots, 16, false, __LINE__);
     rg_welford total = {slots[0], slots[1], slots[2], slots[3]};
 #pragma unroll

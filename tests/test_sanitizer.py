@@ -32,13 +32,15 @@ def replace(old: str, new: str) -> Callable[[str], str]:
 SHARED_SCRATCH = replace("scratch + (1 * ROWS_PER_CTA", "scratch + (0 * ROWS_PER_CTA")
 NO_START_WAIT = replace("    rg_cluster_wait();  // every CTA of the cluster has started: its shared memory may be written\n", "")
 ONE_SET_OF_PARTIALS = replace("(int)(turn & 1) *", "0 *")
-RELAXED_PUSH = replace("threadIdx.x, v);\n    rg_cluster_sync();", "threadIdx.x, v);\n    rg_cluster_arrive_relaxed();\n    rg_cluster_wait();")
+PHASE_EXCHANGE = "    rg_cluster_sync();  // every CTA's partials of this phase have arrived: one exchange for all of them\n"
+RELAXED_PUSH = replace(PHASE_EXCHANGE, "    rg_cluster_arrive_relaxed();\n    rg_cluster_wait();\n")
 
 
 def STRAY_PUSH(source: str) -> str:
-    """A push after the kernel's last cluster barrier: a peer may have exited."""
+    """A store into a peer's (no longer read) reduction scratch after the kernel's last cluster barrier:
+    the peer may have exited."""
     end = "\n}\n\nextern \"C\" __global__"
-    return source.replace(end, "\n    rg_cluster_store(partials, (crank + 1) % CLUSTER, 0.0f);" + end, 1)
+    return source.replace(end, "\n    rg_cluster_store(scratch, (crank + 1) % CLUSTER, 0.0f);" + end, 1)
 
 
 EXIT_PAST_LAST_ROW = replace("    const long long src_row", "    if (!in_row) return;\n    const long long src_row")
