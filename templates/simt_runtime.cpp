@@ -238,21 +238,23 @@ bool release(unsigned first, unsigned last, Wait w) {
 bool release_cluster() {
     const unsigned n = (unsigned)group->threads.size();
     unsigned arrived = ~0u;  // the phase every live thread has reached
-    for (const Thread& t : group->threads)
-        if (t.wait != Wait::Done) arrived = std::min(arrived, t.cluster_arrived);
+    unsigned exited = n;  // an exited thread with the fewest arrivals
+    for (unsigned i = 0; i < n; ++i) {
+        const Thread& t = group->threads[i];
+        if (t.wait != Wait::Done)
+            arrived = std::min(arrived, t.cluster_arrived);
+        else if (exited == n || t.cluster_arrived < group->threads[exited].cluster_arrived)
+            exited = i;
+    }
     bool released = false;
     for (unsigned i = 0; i < n; ++i) {
         Thread& t = group->threads[i];
         if (t.wait != Wait::Cluster || t.cluster_arrived > arrived) continue;
         if (sanitizer.enabled && t.cluster_arrived == t.cluster_waited)
             hazard("cluster barrier wait without an arrival", t.line, who(i) + " waits again after its last arrival");
-        if (sanitizer.enabled)
-            for (unsigned e = 0; e < n; ++e)
-                if (group->threads[e].wait == Wait::Done && group->threads[e].cluster_arrived < t.cluster_arrived) {
-                    hazard("barrier reached by part of a cluster", t.line,
-                           who(e) + " exited before arriving at the cluster barrier " + who(i) + " waits at");
-                    break;
-                }
+        if (sanitizer.enabled && exited < n && group->threads[exited].cluster_arrived < t.cluster_arrived)
+            hazard("barrier reached by part of a cluster", t.line,
+                   who(exited) + " exited before arriving at the cluster barrier " + who(i) + " waits at");
         t.wait = Wait::Runnable;
         t.cluster_waited = t.cluster_arrived;
         released = true;

@@ -25,8 +25,8 @@ def variant(block: rg.Block, hidden: int, config: str, edit: Callable[[str], str
     return Kernel(block, hidden, plan, edited, EmuBackend(plan, edited, sanitize=sanitize))
 
 
-def replace(old: str, new: str) -> Callable[[str], str]:
-    return lambda source: source.replace(old, new)
+def replace(old: str, new: str, count: int = -1) -> Callable[[str], str]:
+    return lambda source: source.replace(old, new, count)
 
 
 SHARED_SCRATCH = replace("scratch + (1 * ROWS_PER_CTA", "scratch + (0 * ROWS_PER_CTA")
@@ -35,12 +35,11 @@ ONE_SET_OF_PARTIALS = replace("(int)(turn & 1) *", "0 *")
 PHASE_EXCHANGE = "    rg_cluster_sync();  // every CTA's partials of this phase have arrived: one exchange for all of them\n"
 RELAXED_PUSH = replace(PHASE_EXCHANGE, "    rg_cluster_arrive_relaxed();\n    rg_cluster_wait();\n")
 
-
-def STRAY_PUSH(source: str) -> str:
-    """A store into a peer's (no longer read) reduction scratch after the kernel's last cluster barrier:
-    the peer may have exited."""
-    end = "\n}\n\nextern \"C\" __global__"
-    return source.replace(end, "\n    rg_cluster_store(scratch, (crank + 1) % CLUSTER, 0.0f);" + end, 1)
+EXTRA_WAIT = replace(PHASE_EXCHANGE, PHASE_EXCHANGE + "    rg_cluster_wait();\n")
+KERNEL_END = "\n}\n\nextern \"C\" __global__"
+ONE_CTA_SYNCS_AT_THE_END = replace(KERNEL_END, "\n    if (crank == 0) rg_cluster_sync();" + KERNEL_END, 1)
+# a store into a peer's (no longer read) reduction scratch after the last cluster barrier: it may have exited
+STRAY_PUSH = replace(KERNEL_END, "\n    rg_cluster_store(scratch, (crank + 1) % CLUSTER, 0.0f);" + KERNEL_END, 1)
 
 
 EXIT_PAST_LAST_ROW = replace("    const long long src_row", "    if (!in_row) return;\n    const long long src_row")
@@ -59,6 +58,12 @@ HAZARDS = [
      "tpr=64,rows=1,vec=4,cache=smem,cluster=4", 2, NO_START_WAIT),
     ("write to an exited CTA's shared memory", rg.catalog.gpt2(rg.f32), 2048,
      "tpr=64,rows=1,vec=4,cache=smem,cluster=4", 2, STRAY_PUSH),
+    ("cluster barrier arrival without a wait", rg.catalog.gpt2(rg.f32), 2048,
+     "tpr=64,rows=1,vec=4,cache=smem,cluster=4", 2, NO_START_WAIT),
+    ("cluster barrier wait without an arrival", rg.catalog.llama(rg.f32), 2048,
+     "tpr=64,rows=1,vec=4,cache=registers,cluster=2", 2, EXTRA_WAIT),
+    ("barrier reached by part of a cluster", rg.catalog.llama(rg.f32), 2048,
+     "tpr=64,rows=1,vec=4,cache=registers,cluster=2", 2, ONE_CTA_SYNCS_AT_THE_END),
     ("relaxed cluster arrival after shared-memory accesses", rg.catalog.llama(rg.f32), 2048,
      "tpr=64,rows=1,vec=4,cache=registers,cluster=2", 2, RELAXED_PUSH),
     # a persistent cluster's next turn pushes into the slots a peer may still be reading
