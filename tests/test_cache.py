@@ -9,6 +9,7 @@ import textwrap
 
 import resgen as rg
 from resgen.codegen import plan_and_source
+from resgen.codegen.render import environment, render
 from resgen.runtime.cache import DiskCache
 from resgen.runtime.compile import compile_for_device
 
@@ -51,12 +52,28 @@ def test_corrupt_entries_are_rebuilt(monkeypatch, tmp_path):
     assert healed.log != "tampered" and healed.resources == good.resources
 
 
+def test_compiled_templates_are_cached_and_a_damaged_entry_is_compiled_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("RESGEN_CACHE_DIR", str(tmp_path))
+    plan, want = plan_and_source(rg.catalog.gpt2(), 1000)
+    assert render(plan, environment.__wrapped__()) == want  # a fresh process's environment: compiles
+    entries = sorted((tmp_path / "templates").glob("*.json"))
+    assert entries
+    stamps = [e.stat().st_mtime_ns for e in entries]
+    assert render(plan, environment.__wrapped__()) == want  # served from disk: nothing written
+    assert [e.stat().st_mtime_ns for e in entries] == stamps
+    for entry in entries:
+        entry.write_bytes(entry.read_bytes()[:200])
+    assert render(plan, environment.__wrapped__()) == want  # damaged: compiled and stored again
+    assert all(json.loads(e.read_bytes())["sha256"] for e in entries)
+
+
 def test_concurrent_compiles_of_one_kernel_both_succeed(tmp_path):
     script = textwrap.dedent(f"""
         import os
         os.environ["RESGEN_CACHE_DIR"] = {str(tmp_path)!r}
         import resgen as rg
         from resgen.codegen import plan_and_source
+from resgen.codegen.render import environment, render
         from resgen.runtime.compile import compile_for_device
         plan, source = plan_and_source(rg.catalog.gpt2(), 2048)
         for _ in range(3):

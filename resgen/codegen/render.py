@@ -21,33 +21,42 @@ def template_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "templates"
 
 
+class TemplateCache(jinja2.BytecodeCache):
+    """Compiled templates in the resgen cache, like every other artifact there: checksummed entries
+    written by rename, a damaged one compiled again (Jinja itself checks the template's text and the
+    Python version). Compiling kernel.cu.j2 takes ~0.3 s, which every fresh process would pay."""
+
+    def __init__(self) -> None:
+        from resgen.runtime.cache import DiskCache
+
+        self.disk = DiskCache("templates")
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        entry = self.disk.load(bucket.key)
+        if entry is not None:
+            bucket.bytecode_from_string(entry["code"])
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        self.disk.store(bucket.key, {"code": bucket.bytecode_to_string()})
+
+
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    """The templates' environment. Compiled templates are kept in the resgen cache (Jinja's bytecode
-    cache, keyed by the template's text and written by rename): compiling kernel.cu.j2 takes ~0.2 s,
-    which every fresh process (a CLI call) would pay again."""
-    from resgen.runtime.cache import cache_root
-
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(template_dir())),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
-        bytecode_cache=jinja2.FileSystemBytecodeCache(str(_folder(cache_root() / "templates"))),
+        bytecode_cache=TemplateCache(),
     )
 
 
-def _folder(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def render(plan: KernelPlan) -> str:
+def render(plan: KernelPlan, env: jinja2.Environment | None = None) -> str:
     """The CUDA source of `plan`: self-contained apart from the CUDA fp16/bf16 headers."""
     from resgen import __version__
 
-    env = environment()
+    env = env or environment()
     try:
         return env.get_template("kernel.cu.j2").render(
             plan=plan,
