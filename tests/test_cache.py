@@ -73,7 +73,6 @@ def test_concurrent_compiles_of_one_kernel_both_succeed(tmp_path):
         os.environ["RESGEN_CACHE_DIR"] = {str(tmp_path)!r}
         import resgen as rg
         from resgen.codegen import plan_and_source
-from resgen.codegen.render import environment, render
         from resgen.runtime.compile import compile_for_device
         plan, source = plan_and_source(rg.catalog.gpt2(), 2048)
         for _ in range(3):

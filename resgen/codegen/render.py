@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -22,22 +23,27 @@ def template_dir() -> Path:
 
 
 class TemplateCache(jinja2.BytecodeCache):
-    """Compiled templates in the resgen cache, like every other artifact there: checksummed entries
-    written by rename, a damaged one compiled again (Jinja itself checks the template's text and the
-    Python version). Compiling kernel.cu.j2 takes ~0.3 s, which every fresh process would pay."""
+    """Compiled templates in the resgen cache (wherever it is when a template is first compiled), like
+    every other artifact there: checksummed entries written by rename, a damaged one compiled again
+    (Jinja itself checks the template's text and the Python version). Compiling kernel.cu.j2 takes
+    ~0.3 s, which every fresh process would pay. A cache that cannot be written costs only that."""
 
-    def __init__(self) -> None:
+    @staticmethod
+    def _disk() -> Any:
         from resgen.runtime.cache import DiskCache
 
-        self.disk = DiskCache("templates")
+        return DiskCache("templates")
 
     def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-        entry = self.disk.load(bucket.key)
+        entry = self._disk().load(bucket.key)
         if entry is not None:
             bucket.bytecode_from_string(entry["code"])
 
     def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-        self.disk.store(bucket.key, {"code": bucket.bytecode_to_string()})
+        try:
+            self._disk().store(bucket.key, {"code": bucket.bytecode_to_string()})
+        except OSError:
+            pass  # rendering never fails for the cache's sake
 
 
 @functools.lru_cache(maxsize=1)
