@@ -67,6 +67,13 @@ def test_compiled_templates_are_cached_and_a_damaged_entry_is_compiled_again(mon
     assert all(json.loads(e.read_bytes())["sha256"] for e in entries)
 
 
+def test_a_template_cache_that_cannot_be_used_costs_only_the_compile(monkeypatch, tmp_path):
+    monkeypatch.setenv("RESGEN_CACHE_DIR", str(tmp_path))
+    (tmp_path / "templates").write_text("a file where the folder would go")
+    plan, want = plan_and_source(rg.catalog.llama(), 1000)
+    assert render(plan, environment.__wrapped__()) == want
+
+
 def test_concurrent_compiles_of_one_kernel_both_succeed(tmp_path):
     script = textwrap.dedent(f"""
         import os

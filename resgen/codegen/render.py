@@ -35,7 +35,10 @@ class TemplateCache(jinja2.BytecodeCache):
         return DiskCache("templates")
 
     def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-        entry = self._disk().load(bucket.key)
+        try:
+            entry = self._disk().load(bucket.key)
+        except OSError:
+            return
         if entry is not None:
             bucket.bytecode_from_string(entry["code"])
 
