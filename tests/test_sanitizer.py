@@ -51,21 +51,19 @@ UNPREDICATED_TAIL_LOAD = replace(
     "            RG_CHECK(row + col0 + j, sizeof(T), false, line);\n"
     "            out[j] = rg_io<T>::to_float(row[col0 + j]);")
 
+#: (block, hidden, config, rows) of the two small clusters the cluster hazards break
+GPT2_CLUSTER_4 = (rg.catalog.gpt2(rg.f32), 2048, "tpr=64,rows=1,vec=4,cache=smem,cluster=4", 2)
+LLAMA_CLUSTER_2 = (rg.catalog.llama(rg.f32), 2048, "tpr=64,rows=1,vec=4,cache=registers,cluster=2", 2)
+
 #: (hazard kind, block, hidden, config, rows, the broken edit)
 HAZARDS = [
     ("race (write after read)", rg.catalog.gemma2_sandwich(rg.f32), 2048, "tpr=128,rows=1,vec=4", 3, SHARED_SCRATCH),
-    ("write to a CTA not known to have started", rg.catalog.gpt2(rg.f32), 2048,
-     "tpr=64,rows=1,vec=4,cache=smem,cluster=4", 2, NO_START_WAIT),
-    ("write to an exited CTA's shared memory", rg.catalog.gpt2(rg.f32), 2048,
-     "tpr=64,rows=1,vec=4,cache=smem,cluster=4", 2, STRAY_PUSH),
-    ("cluster barrier arrival without a wait", rg.catalog.gpt2(rg.f32), 2048,
-     "tpr=64,rows=1,vec=4,cache=smem,cluster=4", 2, NO_START_WAIT),
-    ("cluster barrier wait without an arrival", rg.catalog.llama(rg.f32), 2048,
-     "tpr=64,rows=1,vec=4,cache=registers,cluster=2", 2, EXTRA_WAIT),
-    ("barrier reached by part of a cluster", rg.catalog.llama(rg.f32), 2048,
-     "tpr=64,rows=1,vec=4,cache=registers,cluster=2", 2, ONE_CTA_SYNCS_AT_THE_END),
-    ("relaxed cluster arrival after shared-memory accesses", rg.catalog.llama(rg.f32), 2048,
-     "tpr=64,rows=1,vec=4,cache=registers,cluster=2", 2, RELAXED_PUSH),
+    ("write to a CTA not known to have started", *GPT2_CLUSTER_4, NO_START_WAIT),
+    ("write to an exited CTA's shared memory", *GPT2_CLUSTER_4, STRAY_PUSH),
+    ("cluster barrier arrival without a wait", *GPT2_CLUSTER_4, NO_START_WAIT),
+    ("cluster barrier wait without an arrival", *LLAMA_CLUSTER_2, EXTRA_WAIT),
+    ("barrier reached by part of a cluster", *LLAMA_CLUSTER_2, ONE_CTA_SYNCS_AT_THE_END),
+    ("relaxed cluster arrival after shared-memory accesses", *LLAMA_CLUSTER_2, RELAXED_PUSH),
     # a persistent cluster's next turn pushes into the slots a peer may still be reading
     ("race (write after read)", rg.catalog.llama(rg.f32), 512, "tpr=64,rows=1,vec=4,cache=registers,cluster=2,persist=1",
      140, ONE_SET_OF_PARTIALS),
