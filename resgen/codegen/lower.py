@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -605,7 +605,7 @@ def lower(block: Block, hidden: int, config: LaunchConfig | None = None, arch: s
             weights=tuple(t for n, t in weights.items() if any(a.op == "weight" and a.name == n
                                                                for m in nodes for a in m.args)),
             dropouts=tuple(_masks(nodes, s, uses, namer, keep_bits)),
-            computes=_held_reads(reads) + tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes if n.op not in GROUP_REDUCE_OPS),
+            computes=_held_reads(reads) + _assignments((n for n in nodes if n.op not in GROUP_REDUCE_OPS), namer),
             segments=_segments(nodes, reads, namer),
             group_stores=tuple(GroupStore(o.node.group, config.vec, tensor=row_out[o.name], value=namer.ref(o.node))
                                for o in group_outputs if stage[o.node] == s),
@@ -677,6 +677,11 @@ def _held_reads(reads: tuple[Held, ...]) -> tuple[str, ...]:
     return tuple(f"const float {h.var} = {h.cache}_v[j];" for h in reads)
 
 
+def _assignments(nodes: Iterable[Node], namer: _Namer) -> tuple[str, ...]:
+    """A column loop's per-element values, element j, in order."""
+    return tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes)
+
+
 def _segments(nodes: tuple[Node, ...], reads: tuple[Held, ...], namer: _Namer) -> tuple[Segment, ...]:
     """The column loops a phase runs before its main one, one per depth of nested group reductions:
     loop k computes what the group reductions k deep need (recomputing earlier loops' values: the
@@ -694,8 +699,7 @@ def _segments(nodes: tuple[Node, ...], reads: tuple[Held, ...], namer: _Namer) -
             if n in depth and n not in needed and n.op not in GROUP_REDUCE_OPS:
                 needed.add(n)
                 stack.extend(n.args)
-        computes = _held_reads(reads) + tuple(f"const float {namer.ref(n)} = {namer.expr(n)};" for n in nodes
-                                              if n in needed)
+        computes = _held_reads(reads) + _assignments((n for n in nodes if n in needed), namer)
         groups = tuple(GroupReduction(n.group, namer.vec, var=namer.array(n), op=n.op.removeprefix("group_"),
                                       value=namer.ref(n.args[0])) for n in reductions)
         segments.append(Segment(computes, groups))

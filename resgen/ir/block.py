@@ -14,7 +14,7 @@ import sympy
 
 from resgen.errors import IRTypeError, VerifyError
 from resgen.ir.dtypes import DType, as_dtype, f32
-from resgen.ir.nodes import H, Kind, Node, const, make
+from resgen.ir.nodes import OUTPUT_KINDS, H, Kind, Node, const, make
 
 #: Names the call signature already uses. Any other Python identifier is a valid name: the emitted
 #: source mangles every user-chosen name (a role prefix), so none can meet a C keyword or macro.
@@ -229,16 +229,15 @@ class Block:
             raise VerifyError(f"{op}: duplicate name {name!r} in block {self.name!r}")
 
 
-#: The kinds a block may output: row tensors, row scalars, group values (block scales), and column
-#: reductions (weight gradients).
-OUTPUT_KINDS = (Kind.ROW, Kind.ROWS, Kind.GROUP, Kind.COL)
-
-
 def hidden_multiple(block: Block) -> int:
     """What `check_hidden_fits` needs hidden to be a multiple of."""
-    sizes = [n.group for n in _live_groups(block)] + [p.dtype.pack for p in block.params] + [
-        o.dtype.pack for o in block.outputs]
-    return math.lcm(1, *sizes)
+    return math.lcm(1, *[n.group for n in _live_groups(block)], *[dt.pack for _name, dt in _packed(block)])
+
+
+def _packed(block: Block) -> list[tuple[str, DType]]:
+    """(name, dtype) of the block's parameters and outputs stored several values per element."""
+    return [(p.name, p.dtype) for p in block.params if p.dtype.pack > 1] + [
+        (o.name, o.dtype) for o in block.outputs if o.dtype.pack > 1]
 
 
 def _live_groups(block: Block) -> list[Node]:
@@ -255,9 +254,7 @@ def check_hidden_fits(block: Block, hidden: int) -> None:
         if hidden % n.group:
             raise IRTypeError(f"{n.op}: hidden={hidden} is not a multiple of its group size {n.group}; groups of "
                               f"consecutive columns must tile the row")
-    packed = [(p.name, p.dtype) for p in block.params if p.dtype.pack > 1] + [
-        (o.name, o.dtype) for o in block.outputs if o.dtype.pack > 1]
-    for name, dt in packed:
+    for name, dt in _packed(block):
         if hidden % dt.pack:
             raise IRTypeError(f"{name!r}: {dt!r} packs {dt.pack} values per byte, so hidden must be a multiple of "
                               f"{dt.pack}, got {hidden}")

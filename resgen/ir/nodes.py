@@ -33,6 +33,9 @@ class Kind(enum.Enum):
 
 #: Kinds stored as [rows, columns] tensors with a row stride: row tensors and group values.
 ROW_LIKE = (Kind.ROW, Kind.GROUP)
+#: The kinds a block may output: row tensors, row scalars, group values (block scales), and column
+#: reductions (weight gradients).
+OUTPUT_KINDS = (Kind.ROW, Kind.ROWS, Kind.GROUP, Kind.COL)
 
 PARAM_OPS = ("input", "weight", "scalar", "row_scalar")
 #: Elementwise ops of two operands; eq and gt give 1.0 where the comparison holds, else 0.0.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from resgen.errors import VerifyError
 from resgen.ir.block import Block
-from resgen.ir.nodes import ALL_OPS, PARAM_OPS, H, Kind, Node, infer
+from resgen.ir.nodes import ALL_OPS, OUTPUT_KINDS, PARAM_OPS, H, Node, infer
 
 
 def reachable(roots: list[Node]) -> list[Node]:
@@ -61,7 +61,7 @@ def verify_block(block: Block) -> None:
     for out in block.outputs:
         if id(out.node) not in defined:
             raise VerifyError(f"{where}: output {out.name!r} refers to a value of another block")
-        if out.node.kind not in (Kind.ROW, Kind.ROWS, Kind.GROUP, Kind.COL):
+        if out.node.kind not in OUTPUT_KINDS:
             raise VerifyError(f"{where}: output {out.name!r} must be a row tensor, row scalar, group value or column "
                               f"reduction, got {out.node.kind}")
     used = {id(n) for n in reachable([o.node for o in block.outputs])}

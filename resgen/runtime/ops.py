@@ -84,6 +84,11 @@ class Signature:
                    tuple(o.name for o in block.outputs), tuple((o.name, o.inplace) for o in block.outputs if o.inplace),
                    next(k for k, p in enumerate(tensors) if p.op == "input"))
 
+    def spare_overwritten(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """`tensors` with a copy of each input an in-place output overwrites (the original keeps its values)."""
+        overwritten = {source for _output, source in self.inplace}
+        return [t.clone() if n in overwritten else t for n, t in zip(self.tensors, tensors, strict=True)]
+
     def lead_hidden(self, tensors: Sequence[torch.Tensor]) -> tuple[Sequence[int], int]:
         if len(tensors) != len(self.tensors):
             raise LaunchError(f"resgen::run: block {self.block.name!r} takes {len(self.tensors)} tensors "
@@ -137,8 +142,7 @@ def launch(sig: Signature, spec: str, tensors: Sequence[torch.Tensor], scalars: 
     _lead, hidden = sig.lead_hidden(tensors)
     kernel = kernels.get(sig.text, hidden, spec, tensors[sig.first].device)
     if sig.inplace:  # functional: the caller copies the result back
-        overwritten = {source for _output, source in sig.inplace}
-        tensors = [t.clone() if n in overwritten else t for n, t in zip(sig.tensors, tensors, strict=True)]
+        tensors = sig.spare_overwritten(tensors)
     return kernel.run_positional(tensors, scalars, seed % _U64, offset % _U64)
 
 
@@ -278,9 +282,7 @@ def call(kernel: Kernel, kwargs: dict[str, Any]) -> Outputs:
             if t.requires_grad and kinds[name] not in DIFFERENTIABLE:
                 raise LaunchError(f"argument {name!r} requires grad, but a {kinds[name]} is not "
                                   f"differentiated; detach it")
-        # an input the kernel overwrites keeps, for the backward, the values it had
-        overwritten = {source for _output, source in sig.inplace}
-        tensors = [t.clone() if n in overwritten else t for n, t in zip(sig.tensors, tensors, strict=True)]
+        tensors = sig.spare_overwritten(tensors)  # for the backward, the values the inputs had
     results = run_op(sig.text, kernel.op_kernel, tensors, scalars, _int64("seed", kwargs.get("seed", 0)),
                   _int64("offset", kwargs.get("offset", 0)), training)
     outs = dict(zip(sig.outputs, results, strict=False))  # a training forward's statistics stay inside
