@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -153,8 +154,8 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
     strides_aligned = rows <= 1 or all(
         (s * t.element_size()) % wide.align == 0 for s, t in zip(vectorised.values(), row_tensors, strict=True))
     peel_strides = len({s % plan.config.vec for s in vectorised.values()}) == 1
-    entry = choose_entry(plan, strides_aligned, peel_strides, [t.data_ptr() for t in row_tensors],
-                         [t.data_ptr() for t in weights.values()])
+    entry = choose_entry(plan, strides_aligned, peel_strides, any_bits(t.data_ptr() for t in row_tensors),
+                         any_bits(t.data_ptr() for t in weights.values()))
 
     workspaces = {c.ws: torch.empty((plan.partials(rows), hidden), dtype=torch.float32, device=device)
                   for c in plan.col_sums}
@@ -183,14 +184,22 @@ def prepare(block: Block, plan: KernelPlan, call: BoundCall, device_type: str) -
                   finalize, workspaces, peel_strides)
 
 
-def choose_entry(plan: KernelPlan, strides_aligned: bool, peel_strides: bool, rows: list[int],
-                 weights: list[int]) -> Entry:
+def any_bits(pointers: Iterable[int]) -> int:
+    """The bitwise OR of `pointers`: a multiple of a power of two exactly when every pointer is."""
+    bits = 0
+    for ptr in pointers:
+        bits |= ptr
+    return bits
+
+
+def choose_entry(plan: KernelPlan, strides_aligned: bool, peel_strides: bool, rows: int, weights: int) -> Entry:
     """The wide entry when every row start and weight is aligned; else the peeled one (if the plan
     has it) when the row tensors' bases are aligned and their strides agree modulo VEC (each row
-    then shifts to an aligned chunk); else the narrow one. `rows`, `weights`: data pointers."""
+    then shifts to an aligned chunk); else the narrow one. `rows`, `weights`: the `any_bits` of the
+    row tensors' and the weights' data pointers."""
     wide = plan.entries[0]
-    rows_aligned = all(ptr % wide.align == 0 for ptr in rows)
-    if strides_aligned and rows_aligned and all(ptr % wide.align == 0 for ptr in weights):
+    rows_aligned = rows % wide.align == 0
+    if strides_aligned and rows_aligned and weights % wide.align == 0:
         return wide
     peel = next((e for e in plan.entries if e.peel), None)
     if peel is not None and peel_strides and rows_aligned:
@@ -293,10 +302,11 @@ class LaunchTemplate:
     def fill(self, tensors: dict[str, torch.Tensor], scalars: dict[str, float], seed: int,
              offset: int) -> tuple[Entry, dict[str, torch.Tensor]] | None:
         """Write this call's arguments into the argument slots; None when the slow path must decide (overlap)."""
+        # size= by keyword: torch parses it faster than a positional tuple (0.8 us of 2.4 per call)
         for name, shape, dtype in self.allocate:
-            tensors[name] = torch.empty(shape, dtype=dtype, device=self.device)
+            tensors[name] = torch.empty(size=shape, dtype=dtype, device=self.device)
         for name, shape in self.workspaces:  # torch's caching allocator: no cudaMalloc once warm
-            tensors[name] = torch.empty(shape, dtype=torch.float32, device=self.device)
+            tensors[name] = torch.empty(size=shape, dtype=torch.float32, device=self.device)
         for out, source in self.aliases:
             given = tensors.get(out)
             if given is not None and given.data_ptr() != tensors[source].data_ptr():
@@ -306,8 +316,8 @@ class LaunchTemplate:
         for a, b, extent_a, extent_b in self.pairs:
             if ptr[a] < ptr[b] + extent_b and ptr[b] < ptr[a] + extent_a:
                 return None
-        entry = choose_entry(self.plan, self.strides_aligned, self.peel_strides, [ptr[n] for n in self.rows],
-                             [ptr[n] for n in self.weights])
+        entry = choose_entry(self.plan, self.strides_aligned, self.peel_strides, any_bits(ptr[n] for n in self.rows),
+                             any_bits(ptr[n] for n in self.weights))
         call = {"seed": seed, "offset": offset}
         for slots in (self.arguments, self.finalize):
             if slots is not None:
