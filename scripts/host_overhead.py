@@ -5,7 +5,8 @@ The backend's launch is stubbed out, so the figure is the same with or without a
 CPU tensors): argument checks, the layout lookup, pointer reads, alignment and overlap checks, the
 argument slots, output allocation. The best of many batches, because shared machines are noisy.
 The last column is the same call through the custom op `resgen::run` (what torch.compile graphs
-and autograd run): the op's dispatch, the kernel lookup by text, then the same warm path.
+run): the op's dispatch, the kernel lookup by text, then the same warm path. A second table times
+the resgen.nn modules called eagerly (no grad) beside the raw call of the kernel they run.
 
     .venv/bin/python scripts/host_overhead.py [--blocks llama,gpt2,bert] [--rows 1,64]
 """
@@ -19,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 import resgen as rg
+from resgen.nn import FusedAddLayerNorm, FusedAddRMSNorm
 from resgen.verification import random_inputs
 
 
@@ -61,6 +63,20 @@ def main() -> None:
             op_us = best_us(through_op(kernel, inputs))
             del kernel._backend.run
             print(f"{name:<10} {rows:>5} {allocated_us:>15.1f} us {passed_us:>12.1f} us {op_us:>12.1f} us")
+    print(f"\n{'module':<18} {'rows':>5} {'its kernel, raw':>16} {'the module':>11}")
+    for module in (FusedAddRMSNorm(args.hidden, dtype=torch.bfloat16),
+                   FusedAddLayerNorm(args.hidden, dtype=torch.bfloat16)):
+        kernel = module.kernel_for("cpu")
+        for rows in (int(r) for r in args.rows.split(",")):
+            x, residual = (torch.randn(rows, args.hidden, dtype=torch.bfloat16) for _ in range(2))
+            params = {n: p.detach() for n, p in module.named_parameters()}
+            with torch.no_grad():
+                module(x, residual)
+                kernel._backend.run = lambda *a, **k: None
+                raw_us = best_us(lambda: kernel(x=x, residual=residual, **params))  # noqa: B023
+                module_us = best_us(lambda: module(x, residual))  # noqa: B023
+                del kernel._backend.run
+            print(f"{type(module).__name__:<18} {rows:>5} {raw_us:>13.1f} us {module_us:>8.1f} us")
 
 
 if __name__ == "__main__":
