@@ -11,6 +11,9 @@
 #   5. latency.json    rows 1 and 64 at hidden 4096: device time (CUDA-graph replay) and call_us (host included)
 #   6. bench_quant.json the quantizing kernels (per-token fp8, MXFP8, NVFP4) vs torch eager, bf16, rows 32768,
 #                      hidden 4096 and 16384: is quantization free (the same fraction of copy as llama's)?
+#   7. stack.json      a Llama stack's residual adds and norms (4 layers, hidden 4096, bf16, 8192 rows):
+#                      resgen's patched layers, eager and compiled, vs torch.compile of HF's code (target
+#                      1.3x), and the host cost per call of the raw kernel, the module and the op
 #
 # Each stage has its own cap (timeout -k), and together they end by ~480 s, inside one 600 s device
 # command. Tests run with -v and per-test limits (thread method: a thread stuck in a CUDA sync ignores
@@ -31,8 +34,8 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export RESGEN_CACHE_DIR=${RESGEN_CACHE_DIR:-/tmp/resgen-cache}
 
-# Stage caps in seconds (sum 450, plus 5 s of kill grace each: 480).
-ENV_CAP=15 TESTS_CAP=180 BENCH_CAP=100 GRAD_CAP=80 LATENCY_CAP=30 QUANT_CAP=45
+# Stage caps in seconds (sum 445, plus 5 s of kill grace each: 480).
+ENV_CAP=15 TESTS_CAP=170 BENCH_CAP=90 GRAD_CAP=75 LATENCY_CAP=25 QUANT_CAP=40 STACK_CAP=30
 stage() {  # stage CAP LOG CMD...: run CMD under a hard cap, tee its output, return its status
     local cap=$1 log=$2
     shift 2
@@ -78,7 +81,12 @@ stage "$QUANT_CAP" bench_quant.log "$PY" -m resgen.cli bench llama_fp8_dynamic,l
     --hidden 4096,16384 --rows 32768 --against torch --json "$OUT/bench_quant.json" $DRY
 quant_rc=$?
 
+stage "$STACK_CAP" stack.log "$PY" -m resgen.tune.stack --hidden 4096 --rows 8192 --layers 4 \
+    --json "$OUT/stack.json" $DRY
+stack_rc=$?
+
 echo "env exit ${env_rc}, gpu tests exit ${tests_rc}, benchmark exit ${bench_rc}, training benchmark exit" \
-    "${grad_rc}, latency exit ${latency_rc}, quantizing benchmark exit ${quant_rc}" | tee -a "$OUT/env.log"
+    "${grad_rc}, latency exit ${latency_rc}, quantizing benchmark exit ${quant_rc}, stack exit ${stack_rc}" \
+    | tee -a "$OUT/env.log"
 [ "$env_rc" -eq 0 ] && [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$grad_rc" -eq 0 ] && [ "$latency_rc" -eq 0 ] \
-    && [ "$quant_rc" -eq 0 ]
+    && [ "$quant_rc" -eq 0 ] && [ "$stack_rc" -eq 0 ]

@@ -24,7 +24,7 @@ DEVICE_BUDGET_S = 480
 def test_stage_caps_end_the_script_inside_one_device_command():
     text = SCRIPT.read_text()
     caps = dict(re.findall(r"(\w+_CAP)=(\d+)", text))
-    assert set(caps) == {"ENV_CAP", "TESTS_CAP", "BENCH_CAP", "GRAD_CAP", "LATENCY_CAP", "QUANT_CAP"}
+    assert set(caps) == {"ENV_CAP", "TESTS_CAP", "BENCH_CAP", "GRAD_CAP", "LATENCY_CAP", "QUANT_CAP", "STACK_CAP"}
     stages = re.findall(r"^stage \"\$(\w+_CAP)\"", text, re.M)
     assert sorted(stages) == sorted(caps), "every stage runs under its own cap"
     kill_grace = int(re.search(r"timeout -k (\d+)", text).group(1))
@@ -63,6 +63,9 @@ def test_dry_run_runs_every_stage_without_a_device(tmp_path):
     assert {(r["block"], r["hidden"], r["system"]) for r in quant} == {
         (b, h, s) for b in ("llama_fp8_dynamic", "llama_mxfp8", "llama_nvfp4") for h in (4096, 16384)
         for s in ("resgen", "torch")}
+    stack = json.loads((tmp_path / "stack.json").read_text())
+    assert {r["system"] for r in stack["records"]} == {"compile", "resgen", "resgen-compiled"}
+    assert all(r["norms"] == 8 and r["hidden"] == 4096 and r["bytes"] > 0 for r in stack["records"])
 
 
 class FakeEvent:
@@ -177,3 +180,17 @@ def test_on_the_device_a_gpu_test_that_would_skip_fails():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "1 error" in result.stdout, result.stdout[-2000:]
     assert "RESGEN_REQUIRE_GPU=1" in result.stdout
+
+
+def test_the_stack_benchmark_runs_hf_code_and_patched_layers_to_the_same_bits():
+    from resgen.tune.stack import run_stack_bench
+
+    result = run_stack_bench(hidden=1000, rows=8192, layers=2, dry_run=True, progress=lambda _: None)
+    records = {r["system"]: r for r in result["records"]}
+    assert set(records) == {"compile", "resgen", "resgen-compiled"}
+    for record in records.values():
+        assert record["rows"] == 3 and record["norms"] == 4 and record["elements"] == 5 * 3 * 1000
+        # HF's rounding order (rounding="hf"): only a float32 row sum's order may differ, flipping a rare bf16
+        # rounding; these seeded inputs flip none
+        assert record["elements_not_bitwise"] == 0
+    assert 0 < records["resgen"]["predicted_fraction"] <= 1 and "time_us" not in records["resgen"]
