@@ -86,9 +86,11 @@ def host_costs(hidden: int, device: torch.device) -> dict[str, float]:
 
 
 def run_stack_bench(hidden: int, rows: int, layers: int, dry_run: bool = False,
-                    progress: Callable[[str], None] = print) -> dict[str, Any]:
+                    progress: Callable[[str], None] = print,
+                    checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Time the three stacks (module docstring); a record per system, the speedup over torch.compile, the
-    host costs, and how far resgen's outputs are from the unpatched code's."""
+    host costs, and how far resgen's outputs are from the unpatched code's. A system that fails is
+    reported and left out; `checkpoint(result)` runs after every record, so a killed run keeps them."""
     if dry_run:
         device, rows = torch.device("cpu"), DRY_RUN_ROWS
         env: dict[str, str] = {"gpu": "none (dry run)", "date": "dry run", "torch": torch.__version__}
@@ -116,34 +118,43 @@ def run_stack_bench(hidden: int, rows: int, layers: int, dry_run: bool = False,
     }
     kernel = norms[0].kernel_for(device)
     nbytes = len(norms) * plan_bytes(kernel.block, rows, hidden)
+    records: list[dict[str, Any]] = []
+    result: dict[str, Any] = {**env, "copy_gbps": round(copy_gbps, 1), "target_speedup": TARGET_SPEEDUP,
+                              "records": records}
     with torch.no_grad():
-        expected, expected_residual = hf_stack(residual, outs, weights)
-        records = []
+        normed, last = hf_stack(residual, outs, weights)
+        expected = [*normed, last]
         for system, run in systems.items():
-            got, got_residual = run()
-            flips = sum(int((g != e).sum()) for g, e in zip([*got, got_residual], [*expected, expected_residual],
-                                                            strict=True))
+            try:
+                got, got_residual = run()
+                timing = None if dry_run else time_cuda(lambda _, run=run: run())
+            except Exception as exc:  # noqa: BLE001 - a failing system must not lose the others' records
+                progress(f"{system:>16}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                continue
+            flips = sum(int((g != e).sum()) for g, e in zip([*got, got_residual], expected, strict=True))
             record: dict[str, Any] = {"system": system, "rows": rows, "hidden": hidden, "layers": layers,
                                       "norms": len(norms), "bytes": nbytes, "elements_not_bitwise": flips,
                                       "elements": (len(norms) + 1) * rows * hidden}
-            if not dry_run:
-                timing = time_cuda(lambda _, run=run: run())
+            if timing is not None:
                 gbps = nbytes / (timing.median_us * 1e-6) / 1e9
                 record.update(timing.as_record(), gbps=round(gbps, 1), copy_gbps=round(copy_gbps, 1),
                               frac_copy=round(gbps / copy_gbps, 4))
             if system.startswith("resgen"):
                 record["predicted_fraction"] = _predicted(kernel, rows)
             records.append(record)
+            if checkpoint is not None:
+                checkpoint(result)
             progress(f"{system:>16}: " + (f"{record['time_us']:9.1f} us, {100 * record['frac_copy']:.0f}% of copy, "
-                                          if not dry_run else "") + f"{flips} elements not bitwise HF's")
-    result: dict[str, Any] = {**env, "copy_gbps": round(copy_gbps, 1), "target_speedup": TARGET_SPEEDUP,
-                              "records": records}
+                                          if timing is not None else "") + f"{flips} elements not bitwise HF's")
     if not dry_run:
         by = {r["system"]: r["time_us"] for r in records}
-        result["speedup"] = {s: round(by["compile"] / by[s], 3) for s in ("resgen", "resgen-compiled")}
+        result["speedup"] = {s: round(by["compile"] / by[s], 3) for s in ("resgen", "resgen-compiled")
+                             if s in by and "compile" in by}
         result["host"] = {k: round(v, 2) for k, v in host_costs(hidden, device).items()}
         progress(f"speedup over torch.compile: {result['speedup']} (target {TARGET_SPEEDUP}); host per call at one "
                  f"row: {result['host']}")
+    if checkpoint is not None:
+        checkpoint(result)
     return result
 
 
@@ -155,8 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, required=True)
     parser.add_argument("--dry-run", action="store_true", help="no GPU: run the stacks once on emu, time nothing")
     args = parser.parse_args(argv)
-    result = run_stack_bench(args.hidden, args.rows, args.layers, args.dry_run)
-    args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+    def write(result: dict[str, Any]) -> None:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+    result = run_stack_bench(args.hidden, args.rows, args.layers, args.dry_run, checkpoint=write)
+    if len(result["records"]) < 3:
+        raise SystemExit("a stack failed (see above)")
 
 
 if __name__ == "__main__":
