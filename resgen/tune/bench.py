@@ -201,6 +201,22 @@ def dry_timer(nbytes: int) -> Timer:
     return timer
 
 
+def setting(dry_run: bool, device: torch.device | None = None) -> tuple[torch.device, str, dict[str, str], float]:
+    """Where a benchmark runs: (device, backend, the environment its records carry, the copy bandwidth
+    in GB/s), measured on the GPU, or the CPU and emu with DRY_RUN_GBPS for a dry run."""
+    if dry_run:
+        env = {"gpu": "none (dry run)", "driver": "none", "torch": torch.__version__, "cupy": "unused",
+               "date": "dry run"}
+        return torch.device("cpu"), "emu", env, DRY_RUN_GBPS
+    device = device or torch.device("cuda", torch.cuda.current_device())
+    return device, "cuda", environment(device), copy_bandwidth_gbps(device)
+
+
+def failure(exc: Exception) -> str:
+    """A failed system's line in a benchmark's log: the exception's type and first line."""
+    return f"FAILED {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
 def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], against: list[str],
               progress: Callable[[str], None] = print, device: torch.device | None = None,
               max_gb: float = 48.0, checkpoint: Callable[[list[dict[str, Any]], bool], None] | None = None,
@@ -219,15 +235,7 @@ def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], again
     built for the emulator, bytes are counted and records written, but nothing is run or timed
     (times are what the copy bandwidth DRY_RUN_GBPS would give, and records say dry_run).
     """
-    if dry_run:
-        device, backend = torch.device("cpu"), "emu"
-        env = {"gpu": "none (dry run)", "driver": "none", "torch": torch.__version__, "cupy": "unused",
-               "date": "dry run"}
-        copy_gbps = DRY_RUN_GBPS
-    else:
-        device, backend = device or torch.device("cuda", torch.cuda.current_device()), "cuda"
-        env = environment(device)
-        copy_gbps = copy_bandwidth_gbps(device)
+    device, backend, env, copy_gbps = setting(dry_run, device)
     progress(f"{env['gpu']}: device-to-device copy {copy_gbps:.0f} GB/s (read + write)")
     records: list[dict[str, Any]] = []
     for case, hidden, mode in ((c, h, m) for c in cases for h in hiddens for m in modes):
@@ -259,8 +267,7 @@ def run_bench(cases: list[Case], hiddens: list[int], rows_list: list[int], again
                     call_us = (timing.median_us if dry_run else wall_per_call_us(run)) \
                         if rows <= LATENCY_ROWS else None
                 except Exception as exc:  # noqa: BLE001 - a failing peer must not lose the other results
-                    progress(f"{system:>8} {case.name} {mode} rows={rows} hidden={hidden}: FAILED "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                    progress(f"{system:>8} {case.name} {mode} rows={rows} hidden={hidden}: {failure(exc)}")
                     continue
                 gbps = nbytes / (timing.median_us * 1e-6) / 1e9
                 record = {"system": system, "block": case.name, "dtype": case.dtype, "rows": rows,

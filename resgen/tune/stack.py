@@ -32,8 +32,8 @@ import torch
 
 from resgen.nn import FusedAddRMSNorm
 from resgen.runtime import ops
-from resgen.tune.bench import DRY_RUN_GBPS, _predicted
-from resgen.tune.timing import copy_bandwidth_gbps, environment, plan_bytes, time_cuda, wall_per_call_us
+from resgen.tune.bench import _predicted, failure, setting
+from resgen.tune.timing import plan_bytes, time_cuda, wall_per_call_us
 
 #: The issue's bar: resgen's stack at least this many times faster than torch.compile's.
 TARGET_SPEEDUP = 1.3
@@ -91,13 +91,8 @@ def run_stack_bench(hidden: int, rows: int, layers: int, dry_run: bool = False,
     """Time the three stacks (module docstring); a record per system, the speedup over torch.compile, the
     host costs, and how far resgen's outputs are from the unpatched code's. A system that fails is
     reported and left out; `checkpoint(result)` runs after every record, so a killed run keeps them."""
-    if dry_run:
-        device, rows = torch.device("cpu"), DRY_RUN_ROWS
-        env: dict[str, str] = {"gpu": "none (dry run)", "date": "dry run", "torch": torch.__version__}
-        copy_gbps = DRY_RUN_GBPS
-    else:
-        device = torch.device("cuda", torch.cuda.current_device())
-        env, copy_gbps = environment(device), copy_bandwidth_gbps(device)
+    device, _backend, env, copy_gbps = setting(dry_run)
+    rows = DRY_RUN_ROWS if dry_run else rows
     norms = [FusedAddRMSNorm(hidden, EPS, rounding="hf", dtype=torch.bfloat16, device=device)
              for _ in range(2 * layers)]
     generator = torch.Generator(device=device).manual_seed(0)
@@ -118,6 +113,7 @@ def run_stack_bench(hidden: int, rows: int, layers: int, dry_run: bool = False,
     }
     kernel = norms[0].kernel_for(device)
     nbytes = len(norms) * plan_bytes(kernel.block, rows, hidden)
+    predicted = _predicted(kernel, rows)  # both resgen stacks run this kernel
     records: list[dict[str, Any]] = []
     result: dict[str, Any] = {**env, "copy_gbps": round(copy_gbps, 1), "target_speedup": TARGET_SPEEDUP,
                               "records": records}
@@ -129,7 +125,7 @@ def run_stack_bench(hidden: int, rows: int, layers: int, dry_run: bool = False,
                 got, got_residual = run()
                 timing = None if dry_run else time_cuda(lambda _, run=run: run())
             except Exception as exc:  # noqa: BLE001 - a failing system must not lose the others' records
-                progress(f"{system:>16}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                progress(f"{system:>16}: {failure(exc)}")
                 continue
             flips = sum(int((g != e).sum()) for g, e in zip([*got, got_residual], expected, strict=True))
             record: dict[str, Any] = {"system": system, "rows": rows, "hidden": hidden, "layers": layers,
@@ -140,7 +136,7 @@ def run_stack_bench(hidden: int, rows: int, layers: int, dry_run: bool = False,
                 record.update(timing.as_record(), gbps=round(gbps, 1), copy_gbps=round(copy_gbps, 1),
                               frac_copy=round(gbps / copy_gbps, 4))
             if system.startswith("resgen"):
-                record["predicted_fraction"] = _predicted(kernel, rows)
+                record["predicted_fraction"] = predicted
             records.append(record)
             if checkpoint is not None:
                 checkpoint(result)
