@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__version__ = "0.1.0"  # first: importing resgen.runtime.ops builds its C++ kernels, keyed by it
+
 from resgen.catalog import catalog
 from resgen.codegen import LaunchConfig, emit
 from resgen.errors import (
@@ -48,8 +50,6 @@ from resgen.reference import reference
 from resgen.runtime.kernel import Kernel, compile
 from resgen.signature import Outputs
 from resgen.verification import VerifyReport, verify
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError", "Block", "CompileError", "DType", "IRTypeError", "Kernel", "LaunchConfig",

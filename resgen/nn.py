@@ -60,9 +60,10 @@ def _block_text(spec: str, x: torch.dtype, residual: torch.dtype | None, weight:
 
 
 def _run(text: str, tensors: list[torch.Tensor], scalars: list[float] | None = None) -> list[torch.Tensor]:
-    """The op under torch.compile and when recording gradients; else the same kernel, called directly."""
+    """The op when its kernels are C++ (the fastest call there is), under torch.compile and when recording
+    gradients; else the same kernel, called directly."""
     training = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    if training or torch.compiler.is_compiling():
+    if training or ops.NATIVE is None or torch.compiler.is_compiling():
         return ops.run_op(text, "", tensors, scalars or [], 0, 0, training)
     return ops.launch(ops.signature(text), "", tensors, scalars or (), 0, 0)
 

@@ -16,6 +16,8 @@ import torch
 
 import resgen as rg
 from resgen.nn import FusedAddLayerNorm, FusedAddRMSNorm
+from resgen.passes.autodiff import grad
+from resgen.runtime import native, ops
 from resgen.verification import compare, random_inputs
 from tests.conftest import BACKENDS, CATALOG, DTYPES, device_of, fit
 
@@ -142,7 +144,85 @@ def test_a_thread_that_never_used_the_device_can_launch(backend):
         assert compare("y", rg.bf16, out.y, want.y).ok
 
 
+def op_call(kernel: rg.Kernel, args: dict, seed: int = 0) -> tuple:
+    """The arguments of `resgen::run` for a call of `kernel` on `args`."""
+    return (kernel.op.text, kernel.op_kernel, [args[n] for n in kernel.op.tensors],
+            [float(args[n]) for n in kernel.op.scalars], seed, 0, False)
+
+
+def python_path(call: tuple) -> list[torch.Tensor]:
+    """What the op's Python kernel computes for `call` (resgen.runtime.ops.launch, no dispatcher)."""
+    text, kernel, tensors, scalars, seed, offset, training = call
+    return ops.launch(ops.signature(text, training), kernel, tensors, scalars, seed, offset)
+
+
+NATIVE_CASES = {  # (block, what its call exercises)
+    "llama": rg.catalog.llama(rg.bf16),  # wide and narrow entries, fresh outputs
+    "llama_fp32_residual": rg.catalog.llama_fp32_residual(rg.bf16),  # an in-place output: written to a copy
+    "bert": rg.catalog.bert(rg.f32),  # dropout: seed and offset, a runtime p
+    "deepnorm": rg.catalog.deepnorm(rg.f16),  # a runtime scalar
+    "gpt2_backward": grad(rg.catalog.gpt2(rg.bf16)),  # column sums: workspaces and the finalize kernel
+}
+
+
+@pytest.mark.skipif(ops.NATIVE is not None, reason=f"the op's kernels are Python here: {ops.NATIVE}")
+@pytest.mark.parametrize("backend, hidden", per_backend([1, 1000, 4097], [1000, 4096, 4097]))
+@pytest.mark.parametrize("case", NATIVE_CASES)
+def test_the_ops_cpp_warm_path_matches_its_python_path(backend, hidden, case):
+    block = NATIVE_CASES[case]
+    kernel = rg.compile(block, hidden, backend=backend)
+    device = device_of(backend)
+    for lead, seed in (((1,), 5), ((3, 5), 6), ((3, 5), 2**64 - 1)):  # rows 1 and 15, a seed past int64
+        args = random_inputs(block, lead, hidden, seed=len(lead), device=device)
+        call = op_call(kernel, args, seed - (1 << 64) if seed >= 1 << 63 else seed)
+        before = {n: t.clone() for n, t in zip(kernel.op.tensors, call[2], strict=True)}
+        want = python_path(call)
+        first = native.counts()
+        got = [ops.run(*call) for _ in range(2)]  # the second call finds the template the first left
+        assert native.counts()["hits"] - first["hits"] >= 1
+        for name, t in zip(kernel.op.tensors, call[2], strict=True):
+            assert torch.equal(t, before[name]), f"{name} changed: the op is functional"
+        for outputs in got:
+            for name, a, b in zip(kernel.op.outputs, outputs, want, strict=True):
+                assert a.shape == b.shape and a.dtype == b.dtype, name
+                assert torch.equal(a, b), f"{case} {name}: {(a != b).sum()} elements differ"
+    if hidden % 8 == 0 and block.params[0].op == "input":  # a row start off the wide entry's alignment
+        big = random_inputs(block, (4,), hidden + 1, seed=9, device=device)
+        args = {n: (t[..., 1:] if t.dim() == 2 and t.shape[-1] == hidden + 1 else
+                    t[1:] if t.dim() == 1 and t.shape[0] == hidden + 1 else t) for n, t in big.items()}
+        call = op_call(kernel, args)
+        want = python_path(call)
+        for _ in range(2):
+            for a, b in zip(ops.run(*call), want, strict=True):
+                assert torch.equal(a, b)
+
+
 # ---- GPU only: these measure or use what only a device has ----
+
+@gpu
+def test_the_op_captures_in_a_cuda_graph_and_follows_the_current_stream():
+    block = rg.catalog.llama(rg.bf16)
+    k = rg.compile(block, 4096, backend="cuda")
+    args = random_inputs(block, (64,), 4096, seed=2, device="cuda")
+    call = op_call(k, args)
+    ops.run(*call)  # the Python kernel runs it and leaves the C++ kernel its template
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        on_stream = ops.run(*call)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = ops.run(*call)
+    fresh = random_inputs(block, (64,), 4096, seed=3, device="cuda")
+    want_before = rg.reference(block, **args)
+    for name in ("x", "residual"):
+        args[name].copy_(fresh[name])
+    graph.replay()
+    torch.cuda.synchronize()
+    assert compare("y", rg.bf16, on_stream[0], want_before.y).ok
+    assert compare("y", rg.bf16, captured[0], rg.reference(block, **args).y).ok
+
 
 @gpu
 def test_cuda_graph_capture_and_replay():

@@ -75,7 +75,8 @@ def _precompiled_header(root: Path, flags: tuple[str, ...]) -> Path | None:
     header = template_dir() / "simt_runtime.h"
     pch_flags = [f for f in flags if f != "-shared"]
     try:
-        return _built_once(root, "pch", "simt_runtime.h.gch", (header.read_text(), " ".join(flags)),
+        return built_once(root / "emu", "pch", "simt_runtime.h.gch",
+                          (header.read_text(), " ".join(flags), " ".join(_include_flags())),
                            lambda out: [compiler, *pch_flags, *_include_flags(), "-x", "c++-header", str(header),
                                         "-o", str(out)])
     except CompileError:
@@ -92,20 +93,21 @@ def runtime_library_dir() -> Path:
 def _runtime_library(root: Path) -> Path:
     compiler, _ = host_compiler()
     sources = [template_dir() / "simt_runtime.h", template_dir() / "simt_runtime.cpp"]
-    return _built_once(root, "rt", "libresgen_emu.so", tuple(f.read_text() for f in sources) + (" ".join(HOST_FLAGS),),
-                       lambda out: [compiler, *HOST_FLAGS, *_include_flags(), str(sources[1]), "-o", str(out)])
+    inputs = (*(f.read_text() for f in sources), " ".join(HOST_FLAGS), " ".join(_include_flags()))
+    return built_once(root / "emu", "rt", "libresgen_emu.so", inputs,
+                      lambda out: [compiler, *HOST_FLAGS, *_include_flags(), str(sources[1]), "-o", str(out)])
 
 
-def _built_once(root: Path, kind: str, name: str, inputs: tuple[str, ...],
-                command: Callable[[Path], list[str]]) -> Path:
-    """The folder `<root>/emu/<kind>-<key>` holding `name`, built by `command(out)` the first time
-    (keyed by `inputs`, the include folders, the compiler and resgen's version; sealed and checked
-    before use, so a damaged one is built again). CompileError when the compiler fails."""
+def built_once(root: Path, kind: str, name: str, inputs: tuple[str, ...],
+               command: Callable[[Path], list[str]]) -> Path:
+    """The folder `<root>/<kind>-<key>` holding `name`, built by the host compiler's `command(out)`
+    the first time (keyed by `inputs`, the compiler and resgen's version; sealed and checked before
+    use, so a damaged one is built again). CompileError when the compiler fails."""
     from resgen import __version__
 
     _, version = host_compiler()
-    key = cache_key(*inputs, " ".join(_include_flags()), version, __version__)
-    folder = root / "emu" / f"{kind}-{key[:24]}"
+    key = cache_key(*inputs, version, __version__)
+    folder = root / f"{kind}-{key[:24]}"
     target = folder / name
     if is_verified(target):
         return folder
@@ -114,7 +116,7 @@ def _built_once(root: Path, kind: str, name: str, inputs: tuple[str, ...],
         out = Path(tmp) / name
         result = subprocess.run(command(out), capture_output=True, text=True)
         if result.returncode != 0:
-            raise CompileError(f"the host compiler could not build the emulator's {name}:\n{result.stderr[:4000]}")
+            raise CompileError(f"the host compiler could not build {name}:\n{result.stderr[:4000]}")
         install_verified(out, target)
     return folder
 

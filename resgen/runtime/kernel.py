@@ -61,6 +61,10 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+def _position_key(tensors: Sequence[torch.Tensor]) -> tuple:
+    return tuple((t.shape, t.stride(), t.dtype, t.device) for t in tensors)
+
+
 class Kernel:
     """A compiled block. Call it with tensors by parameter name (plus seed=, offset=, runtime
     scalars, and optionally preallocated outputs by output name); it returns outputs by name."""
@@ -145,7 +149,7 @@ class Kernel:
         """The custom op's call (resgen.runtime.ops): tensors and scalars in parameter order (`op`), seed and
         offset already checked, no outputs passed; the outputs in block order. A layout seen before takes the
         warm path without building keyword arguments (the op's own dispatch is what it saves for)."""
-        key = tuple((t.shape, t.stride(), t.dtype, t.device) for t in tensors)
+        key = _position_key(tensors)
         template = self._by_position.get(key)
         named = dict(zip(self.op.tensors, tensors, strict=True))
         values = dict(zip(self.op.scalars, scalars, strict=True)) if scalars else {}
@@ -161,6 +165,10 @@ class Kernel:
         if template is not None and len(self._by_position) < self.MAX_TEMPLATES:  # (none without rows)
             self._by_position[key] = template
         return [out[n] for n in self.op.outputs]
+
+    def template_for(self, tensors: Sequence[torch.Tensor]) -> LaunchTemplate | None:
+        """The launch template `run_positional` keeps for these tensors' layouts, if it has one."""
+        return self._by_position.get(_position_key(tensors))
 
     def _warm(self, template: LaunchTemplate, tensors: dict[str, torch.Tensor], scalars: dict[str, float], seed: int,
               offset: int) -> dict[str, torch.Tensor] | None:

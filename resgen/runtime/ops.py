@@ -17,6 +17,12 @@ The op is functional: an output the block writes in place over an input is writt
 output shapes and dtypes from the block; its autograd runs the generated backward (`rg.grad`)
 through the same op. Kernels are compiled on first use per (block, hidden, kernel, backend); a
 Kernel object that `rg.compile` returned is found by the same key while it is alive.
+
+The op's Autograd, CPU and CUDA kernels are C++ when resgen.runtime.native could build them
+(`NATIVE` is None): a warm call never enters Python, and the rest comes back here through the
+private ops `_slow` (a layout the C++ kernel has no template for), `_grad` (a call that records
+gradients) and `_remember` (the template the Python kernel hands over). Otherwise (`NATIVE` says
+why) the Python kernels below serve the op.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from resgen.ir.block import Block
 from resgen.ir.parser import parse_block
 from resgen.ir.printer import print_block
 from resgen.passes.autodiff import DIFFERENTIABLE, distinct_outputs, grad, with_saved_statistics
+from resgen.runtime import native
 from resgen.signature import CALL_KEYWORDS, Outputs, check_int64, check_scalar, value_shape
 
 if TYPE_CHECKING:
@@ -111,10 +118,15 @@ class _Kernels:
     def __init__(self) -> None:
         self._live: weakref.WeakValueDictionary[tuple, Kernel] = weakref.WeakValueDictionary()
         self._built: dict[tuple, Kernel] = {}
+        self._kept: dict[int, Kernel] = {}
         self._lock = threading.Lock()
 
     def remember(self, kernel: Kernel) -> None:
         self._live[(kernel.op.text, kernel.hidden, kernel.op_kernel, kernel.backend)] = kernel
+
+    def keep(self, kernel: Kernel) -> None:
+        """Keep `kernel` for the process (the C++ kernels hold pointers into it)."""
+        self._kept[id(kernel)] = kernel
 
     def get(self, text: str, hidden: int, spec: str, device: torch.device) -> Kernel:
         backend = "cuda" if device.type == "cuda" else "emu"
@@ -136,20 +148,31 @@ class _Kernels:
 kernels = _Kernels()
 
 
+def _prepared(sig: Signature, spec: str, tensors: Sequence[torch.Tensor]) -> tuple[Kernel, Sequence[torch.Tensor]]:
+    """The kernel a call of `sig` runs, and the tensors it runs on (a copy of each one it overwrites:
+    the op is functional, the caller copies the result back)."""
+    _lead, hidden = sig.lead_hidden(tensors)
+    kernel = kernels.get(sig.text, hidden, spec, tensors[sig.first].device)
+    return kernel, sig.spare_overwritten(tensors) if sig.inplace else tensors
+
+
 def launch(sig: Signature, spec: str, tensors: Sequence[torch.Tensor], scalars: Sequence[float], seed: int,
            offset: int) -> list[torch.Tensor]:
     """Run the kernel of `sig` directly: the op's implementation, and eager calls that need no op."""
-    _lead, hidden = sig.lead_hidden(tensors)
-    kernel = kernels.get(sig.text, hidden, spec, tensors[sig.first].device)
-    if sig.inplace:  # functional: the caller copies the result back
-        tensors = sig.spare_overwritten(tensors)
+    kernel, tensors = _prepared(sig, spec, tensors)
     return kernel.run_positional(tensors, scalars, seed % _U64, offset % _U64)
 
 
-_SCHEMA = ("run(str block, str kernel, Tensor[] tensors, float[] scalars, int seed, int offset, bool training) "
-           "-> Tensor[]")
+_ARGUMENTS = "(str block, str kernel, Tensor[] tensors, float[] scalars, int seed, int offset, bool training)"
+_SCHEMA = f"run{_ARGUMENTS} -> Tensor[]"
 _library = torch.library.Library("resgen", "DEF")  # noqa: TOR901 - kept alive for the process
 _library.define(_SCHEMA)
+# The C++ kernels' way back to Python (resgen.runtime.native): a call they have no template for, a call
+# that records gradients, and a template for them to keep.
+_library.define(f"_slow{_ARGUMENTS} -> Tensor[]")
+_library.define(f"_grad{_ARGUMENTS} -> Tensor[]")
+_library.define("_remember(str block, str kernel, bool training, Tensor[] tensors, Tensor[] dtypes, int[] table) -> ()")
+_library.define("_native_counts() -> int[]")
 
 
 def _run(block: str, kernel: str, tensors: list[torch.Tensor], scalars: list[float], seed: int, offset: int,
@@ -158,8 +181,25 @@ def _run(block: str, kernel: str, tensors: list[torch.Tensor], scalars: list[flo
     return launch(signature(block, training), "" if training else kernel, tensors, scalars, seed, offset)
 
 
-for _key in ("CPU", "CUDA"):
-    _library.impl("run", _run, _key)
+def _slow(block: str, kernel: str, tensors: list[torch.Tensor], scalars: list[float], seed: int, offset: int,
+          training: bool) -> list[torch.Tensor]:
+    """`_run` for the C++ kernel, which had no template for this call: run it, and hand over the template."""
+    sig = signature(block, training)
+    built, given = _prepared(sig, "" if training else kernel, tensors)
+    outputs = built.run_positional(given, scalars, seed % _U64, offset % _U64)
+    if native.remember(built, built.template_for(given), (block, kernel, training), tensors):
+        kernels.keep(built)  # the C++ template points into it
+    return outputs
+
+
+#: None when the C++ kernels serve `resgen::run` (resgen.runtime.native), else why the Python ones do.
+NATIVE = native.load()
+if NATIVE is None:
+    for _key in ("CPU", "CUDA"):
+        _library.impl("_slow", _slow, _key)
+else:
+    for _key in ("CPU", "CUDA"):
+        _library.impl("run", _run, _key)
 
 
 @torch.library.register_fake("resgen::run", lib=_library)
@@ -185,8 +225,9 @@ def _direct(tensors: Sequence[torch.Tensor]) -> bool:
 
 def _below_autograd(block: str, kernel: str, tensors: list[torch.Tensor], scalars: list[float], seed: int,
                     offset: int, training: bool) -> list[torch.Tensor]:
-    """The op below its autograd key: its backend kernel, directly when nothing intercepts the call."""
-    if _direct(tensors):
+    """The op below its autograd key: its backend kernel, directly when it is Python and nothing
+    intercepts the call."""
+    if NATIVE is not None and _direct(tensors):
         return _run(block, kernel, tensors, scalars, seed, offset, training)
     with torch._C._AutoDispatchBelowAutograd():
         return run(block, kernel, tensors, scalars, seed, offset, training)
@@ -222,14 +263,15 @@ def _autograd(block: str, kernel: str, tensors: list[torch.Tensor], scalars: lis
     return _below_autograd(block, kernel, tensors, scalars, seed, offset, training)
 
 
-_library.impl("run", _autograd, "Autograd")
+_library.impl("_grad" if NATIVE is None else "run", _autograd, "Autograd")
 
 
 def run_op(block: str, kernel: str, tensors: list[torch.Tensor], scalars: list[float], seed: int, offset: int,
         training: bool) -> list[torch.Tensor]:
-    """A call of `resgen::run`: through the dispatcher when something traces or intercepts it, else its
-    autograd kernel directly (the same work without the dispatcher's crossings)."""
-    if _direct(tensors):
+    """A call of `resgen::run`: through the dispatcher when its kernels are C++ or something traces or
+    intercepts the call, else its Python autograd kernel directly (the same work without the
+    dispatcher's crossings)."""
+    if NATIVE is not None and _direct(tensors):
         return _autograd(block, kernel, tensors, scalars, seed, offset, training)
     return run(block, kernel, tensors, scalars, seed, offset, training)
 
