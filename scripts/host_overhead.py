@@ -5,8 +5,10 @@ The backend's launch is stubbed out, so the figure is the same with or without a
 CPU tensors): argument checks, the layout lookup, pointer reads, alignment and overlap checks, the
 argument slots, output allocation. The best of many batches, because shared machines are noisy.
 The last column is the same call through the custom op `resgen::run` (what torch.compile graphs
-run): the op's dispatch, the kernel lookup by text, then the same warm path. A second table times
-the resgen.nn modules called eagerly (no grad) beside the raw call of the kernel they run.
+and the modules run): the dispatcher, then the op's C++ warm path (resgen.runtime.native), whose
+launch calls an empty C function in place of the emulator; or its Python kernels when they serve
+the op (RESGEN_NATIVE_OP=0). A second table times the resgen.nn modules called eagerly (no grad)
+beside the raw call of the kernel they run.
 
     .venv/bin/python scripts/host_overhead.py [--blocks llama,gpt2,bert] [--rows 1,64]
 """
@@ -14,13 +16,19 @@ the resgen.nn modules called eagerly (no grad) beside the raw call of the kernel
 from __future__ import annotations
 
 import argparse
+import ctypes
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 import resgen as rg
 from resgen.nn import FusedAddLayerNorm, FusedAddRMSNorm
+from resgen.runtime import ops
+from resgen.runtime.emu import host_compiler
 from resgen.verification import random_inputs
 
 
@@ -35,6 +43,19 @@ def best_us(call: Callable[[], object], batch: int = 2000, batches: int = 30) ->
     return 1e6 * min(times)
 
 
+def stub_launches(kernel: rg.Kernel, folder: Path) -> None:
+    """Launch nothing: the Python warm path's backend.run does nothing, and the entry points the C++ warm
+    path is handed are an empty C function with the emulator's launcher signature."""
+    kernel._backend.run = lambda *a, **k: None
+    source = folder / "noop.c"
+    source.write_text("int noop(void **a, long long g, unsigned t, unsigned long long s, char *e,\n"
+                      "         unsigned long long n) { return 0; }\n")
+    subprocess.run([host_compiler()[0], "-O2", "-shared", "-fPIC", "-x", "c", str(source), "-o",
+                    str(folder / "noop.so")], check=True)
+    noop = ctypes.CDLL(str(folder / "noop.so")).noop
+    kernel._backend._launchers = dict.fromkeys(kernel._backend._launchers, noop)
+
+
 def through_op(kernel: rg.Kernel, arguments: dict) -> Callable[[], object]:
     tensors = [arguments[n] for n in kernel.op.tensors]
     scalars = [float(arguments[n]) for n in kernel.op.scalars]
@@ -47,6 +68,8 @@ def main() -> None:
     parser.add_argument("--rows", default="1,64")
     parser.add_argument("--hidden", type=int, default=4096)
     args = parser.parse_args()
+    print(f"resgen::run kernels: {'C++' if ops.NATIVE is None else 'Python (' + ops.NATIVE + ')'}\n")
+    folder = Path(tempfile.mkdtemp(prefix="resgen-host-"))
     print(f"{'block':<10} {'rows':>5} {'outputs allocated':>18} {'outputs passed':>15} {'through the op':>15}")
     for name in args.blocks.split(","):
         block = rg.catalog[name](rg.bf16)
@@ -57,11 +80,10 @@ def main() -> None:
                                    for o in block.outputs}}
             kernel(**inputs)
             kernel(**passed)
-            kernel._backend.run = lambda *a, **k: None  # the host side only
+            stub_launches(kernel, folder)  # the host side only
             allocated_us = best_us(lambda: kernel(**inputs))  # noqa: B023 - called before the loop moves on
             passed_us = best_us(lambda: kernel(**passed))  # noqa: B023
             op_us = best_us(through_op(kernel, inputs))
-            del kernel._backend.run
             print(f"{name:<10} {rows:>5} {allocated_us:>15.1f} us {passed_us:>12.1f} us {op_us:>12.1f} us")
     print(f"\n{'module':<18} {'rows':>5} {'its kernel, raw':>16} {'the module':>11}")
     for module in (FusedAddRMSNorm(args.hidden, dtype=torch.bfloat16),
@@ -71,12 +93,11 @@ def main() -> None:
             x, residual = (torch.randn(rows, args.hidden, dtype=torch.bfloat16) for _ in range(2))
             params = {n: p.detach() for n, p in module.named_parameters()}
             with torch.no_grad():
+                stub_launches(kernel, folder)
                 module(x, residual)
-                kernel._backend.run = lambda *a, **k: None
                 raw_us = best_us(lambda: kernel(x=x, residual=residual, **params))  # noqa: B023
                 module_us = best_us(lambda: module(x, residual))  # noqa: B023
-                del kernel._backend.run
-            print(f"{type(module).__name__:<18} {rows:>5} {raw_us:>13.1f} us {module_us:>8.1f} us")
+                print(f"{type(module).__name__:<18} {rows:>5} {raw_us:>13.1f} us {module_us:>8.1f} us")
 
 
 if __name__ == "__main__":

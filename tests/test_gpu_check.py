@@ -43,6 +43,7 @@ def test_dry_run_runs_every_stage_without_a_device(tmp_path):
     log = (tmp_path / "env.log").read_text()
     for line in ("nvrtc library", "nvrtc version", "include dirs", "torch", "cupy", "driver"):
         assert line in log
+    assert re.search(r"op kernels +C\+\+", log), "the op's C++ kernels build on a fresh machine"
     tests = (tmp_path / "gpu_tests.log").read_text()
     assert re.search(r"\d+ passed", tests) and " failed" not in tests and "PASSED" in tests  # -v: per test
     records = json.loads((tmp_path / "bench.json").read_text())

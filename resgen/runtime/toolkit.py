@@ -117,10 +117,16 @@ def environment_report() -> list[tuple[str, str]]:
         path, version = host_compiler()
         return f"{path} ({version})"
 
+    def op_kernels() -> str:
+        from resgen.runtime import ops
+
+        return "C++ (resgen.runtime.native)" if ops.NATIVE is None else f"Python: {ops.NATIVE}"
+
     from resgen import __version__
 
     return [
         ("resgen", __version__),
+        ("op kernels", attempt(op_kernels)),
         ("python", f"{platform.python_version()} ({sys.executable})"),
         ("torch", f"{torch.__version__} (CUDA {torch.version.cuda})"),
         ("cupy", attempt(cupy_version)),
