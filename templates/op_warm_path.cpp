@@ -59,7 +59,7 @@ struct Kernel {  // one launch
 
 struct Template {
   int64_t backend;
-  int64_t sanitizing_off;  // emu: the runtime's rg_emu_set_sanitizing (one runtime for every kernel)
+  int64_t set_sanitizing;  // emu: the runtime's rg_emu_set_sanitizing (one runtime serves every kernel)
   int64_t context;         // cuda: the device's primary context
   std::vector<int64_t> copies;  // inputs an output overwrites: the op writes into a copy
   std::vector<std::pair<std::vector<int64_t>, at::ScalarType>> allocations;  // appended to the values
@@ -69,7 +69,7 @@ struct Template {
   int64_t wide, peel, narrow;  // entry points (peel 0: none)
   Kernel main;
   int64_t finalize;  // the finalize entry point, 0: none
-  Kernel second;
+  Kernel finalize_launch;
 };
 
 // ---- the table Python fills --------------------------------------------------------------------
@@ -117,29 +117,35 @@ struct Reader {  // the int list `_remember` receives
     TORCH_CHECK(at < data.size(), "resgen::_remember: the template ends early");
     return data[at++];
   }
+  size_t count(size_t each) {  // a list's length, checked against what is left
+    const int64_t n = next();
+    TORCH_CHECK(n >= 0 && static_cast<size_t>(n) * each <= data.size() - at, "resgen::_remember: a list of ", n,
+                " runs past the template's end");
+    return static_cast<size_t>(n);
+  }
   std::vector<int64_t> list() {
-    std::vector<int64_t> out(static_cast<size_t>(next()));
+    std::vector<int64_t> out(count(1));
     for (auto& v : out) v = next();
     return out;
   }
   Kernel kernel() {
     Kernel k{next(), next(), next(), {}};
-    k.arguments.resize(static_cast<size_t>(next()));
+    k.arguments.resize(count(2));
     TORCH_CHECK(k.arguments.size() <= kMaxArguments, "resgen::_remember: too many kernel arguments");
     for (auto& a : k.arguments) a = Argument{next(), next()};
     return k;
   }
 };
 
-// Layout: backend, sanitizing_off, context, copies, allocation sizes (one list each; their dtypes are
+// Layout: backend, set_sanitizing, context, copies, allocation sizes (one list each; their dtypes are
 // `dtypes`' dtypes), outputs, rows, weights, align, strides_aligned, peel_strides, wide, peel, narrow,
-// main kernel, finalize entry, [second kernel].
+// main kernel, finalize entry, [finalize kernel].
 void remember(c10::string_view block, c10::string_view kernel, bool training, at::TensorList tensors,
               at::TensorList dtypes, at::IntArrayRef data) {
   Reader r{data};
   auto t = std::make_shared<Template>();
   t->backend = r.next();
-  t->sanitizing_off = r.next();
+  t->set_sanitizing = r.next();
   t->context = r.next();
   t->copies = r.list();
   for (const at::Tensor& d : dtypes) t->allocations.emplace_back(r.list(), d.scalar_type());
@@ -154,16 +160,19 @@ void remember(c10::string_view block, c10::string_view kernel, bool training, at
   t->narrow = r.next();
   t->main = r.kernel();
   t->finalize = r.next();
-  if (t->finalize) t->second = r.kernel();
+  if (t->finalize) t->finalize_launch = r.kernel();
   TORCH_CHECK(r.at == data.size(), "resgen::_remember: ", data.size() - r.at, " values left over");
   const auto values = static_cast<int64_t>(tensors.size() + t->allocations.size());
   auto check = [values](int64_t i) { TORCH_CHECK(0 <= i && i < values, "resgen::_remember: no value ", i); };
   for (auto* list : {&t->copies, &t->outputs, &t->rows, &t->weights})
     for (int64_t i : *list) check(i);
-  for (const Kernel* k : {&t->main, &t->second})
-    for (const Argument& a : k->arguments)
+  for (const Kernel* k : {&t->main, &t->finalize_launch})
+    for (const Argument& a : k->arguments) {
+      TORCH_CHECK(POINTER <= a.source && a.source <= SCALAR, "resgen::_remember: no argument source ", a.source);
       if (a.source == POINTER) check(a.value);
-  TORCH_CHECK(tensors.size() > 0 && t->wide && t->narrow && t->align > 0, "resgen::_remember: an incomplete template");
+    }
+  TORCH_CHECK(tensors.size() > 0 && (t->backend == EMU || t->backend == CUDA) && t->wide && t->narrow && t->align > 0,
+              "resgen::_remember: an incomplete template");
   std::unique_lock<std::shared_mutex> lock(table_mutex);
   if (table.size() < kMaxTemplates) table.emplace(layout_key(block, kernel, training, tensors), std::move(t));
 }
@@ -214,7 +223,7 @@ void run(const Template& t, const Kernel& k, int64_t entry, const Outputs& value
     params[i] = &slots[i];
   }
   if (t.backend == EMU) {
-    reinterpret_cast<void (*)(int)>(t.sanitizing_off)(0);
+    reinterpret_cast<void (*)(int)>(t.set_sanitizing)(0);
     char error[512] = {0};
     const int status = reinterpret_cast<EmuLaunch>(entry)(params, k.grid, static_cast<unsigned>(k.threads),
                                                           static_cast<unsigned long long>(k.smem), error,
@@ -256,7 +265,7 @@ Outputs launch(const Template& t, at::TensorList tensors, at::ArrayRef<double> s
   else if (t.peel != 0 && t.peel_strides && rows_aligned)
     entry = t.peel;
   run(t, t.main, entry, values, scalars, seed, offset);
-  if (t.finalize) run(t, t.second, t.finalize, values, scalars, seed, offset);
+  if (t.finalize) run(t, t.finalize_launch, t.finalize, values, scalars, seed, offset);
   Outputs out;
   out.reserve(t.outputs.size());
   for (int64_t i : t.outputs) out.push_back(values[i]);

@@ -90,8 +90,11 @@ def test_remember_rejects_a_template_that_points_outside_the_call():
     bad[at + 1] = 99  # an output that is no value of the call
     with pytest.raises(RuntimeError, match="resgen::_remember: no value 99"):
         torch.ops.resgen._remember("never", "called", False, tensors, dtypes, bad)
-    with pytest.raises(RuntimeError, match="ends early"):
+    with pytest.raises(RuntimeError, match="ends early|runs past"):
         torch.ops.resgen._remember("never", "called", False, tensors, dtypes, table[:-3])
+    bad[at] = -(1 << 62)  # a length that would allocate without end
+    with pytest.raises(RuntimeError, match="runs past the template's end"):
+        torch.ops.resgen._remember("never", "called", False, tensors, dtypes, bad)
     with pytest.raises(RuntimeError, match="left over"):
         torch.ops.resgen._remember("never", "called", False, tensors, dtypes, [*table, 0])
 
