@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import subprocess
 import tempfile
 import time
@@ -43,17 +44,23 @@ def best_us(call: Callable[[], object], batch: int = 2000, batches: int = 30) ->
     return 1e6 * min(times)
 
 
-def stub_launches(kernel: rg.Kernel, folder: Path) -> None:
-    """Launch nothing: the Python warm path's backend.run does nothing, and the entry points the C++ warm
-    path is handed are an empty C function with the emulator's launcher signature."""
-    kernel._backend.run = lambda *a, **k: None
+@functools.cache
+def empty_launcher() -> ctypes._CFuncPtr:
+    """An empty C function with the emulator's launcher signature, built once."""
+    folder = Path(tempfile.mkdtemp(prefix="resgen-host-"))
     source = folder / "noop.c"
     source.write_text("int noop(void **a, long long g, unsigned t, unsigned long long s, char *e,\n"
                       "         unsigned long long n) { return 0; }\n")
     subprocess.run([host_compiler()[0], "-O2", "-shared", "-fPIC", "-x", "c", str(source), "-o",
                     str(folder / "noop.so")], check=True)
-    noop = ctypes.CDLL(str(folder / "noop.so")).noop
-    kernel._backend._launchers = dict.fromkeys(kernel._backend._launchers, noop)
+    return ctypes.CDLL(str(folder / "noop.so")).noop
+
+
+def stub_launches(kernel: rg.Kernel) -> None:
+    """Launch nothing: the Python warm path's backend.run does nothing, and the entry points the C++ warm
+    path is handed are the empty launcher."""
+    kernel._backend.run = lambda *a, **k: None
+    kernel._backend._launchers = dict.fromkeys(kernel._backend._launchers, empty_launcher())
 
 
 def through_op(kernel: rg.Kernel, arguments: dict) -> Callable[[], object]:
@@ -69,7 +76,6 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=4096)
     args = parser.parse_args()
     print(f"resgen::run kernels: {'C++' if ops.NATIVE is None else 'Python (' + ops.NATIVE + ')'}\n")
-    folder = Path(tempfile.mkdtemp(prefix="resgen-host-"))
     print(f"{'block':<10} {'rows':>5} {'outputs allocated':>18} {'outputs passed':>15} {'through the op':>15}")
     for name in args.blocks.split(","):
         block = rg.catalog[name](rg.bf16)
@@ -80,7 +86,7 @@ def main() -> None:
                                    for o in block.outputs}}
             kernel(**inputs)
             kernel(**passed)
-            stub_launches(kernel, folder)  # the host side only
+            stub_launches(kernel)  # the host side only
             allocated_us = best_us(lambda: kernel(**inputs))  # noqa: B023 - called before the loop moves on
             passed_us = best_us(lambda: kernel(**passed))  # noqa: B023
             op_us = best_us(through_op(kernel, inputs))
@@ -93,7 +99,7 @@ def main() -> None:
             x, residual = (torch.randn(rows, args.hidden, dtype=torch.bfloat16) for _ in range(2))
             params = {n: p.detach() for n, p in module.named_parameters()}
             with torch.no_grad():
-                stub_launches(kernel, folder)
+                stub_launches(kernel)
                 module(x, residual)
                 raw_us = best_us(lambda: kernel(x=x, residual=residual, **params))  # noqa: B023
                 module_us = best_us(lambda: module(x, residual))  # noqa: B023

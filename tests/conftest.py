@@ -6,10 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 import resgen as rg
 from resgen.codegen import LaunchConfig, default_config, lower
 from resgen.errors import PlanError
+from resgen.runtime import ops
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("RESGEN_UPDATE_GOLDEN") == "1"
@@ -21,6 +23,18 @@ DTYPES = [rg.f32, rg.f16, rg.bf16]
 CATALOG = list(rg.catalog)
 #: The catalog blocks with a gradient (quantized outputs have none).
 TRAINABLE = [n for n in rg.catalog if rg.catalog[n].trainable]
+
+
+def op_arguments(kernel: rg.Kernel, args: dict, training: bool = False, seed: int = 0) -> tuple:
+    """The arguments of `resgen::run` for a call of `kernel` on `args`."""
+    tensors = [args[n] for n in kernel.op.tensors]
+    return (kernel.op.text, kernel.op_kernel, tensors, [float(args[n]) for n in kernel.op.scalars], seed, 0, training)
+
+
+def python_path(call: tuple) -> list[torch.Tensor]:
+    """What the op's Python kernel computes for the op arguments `call` (ops.launch, no dispatcher)."""
+    text, kernel, tensors, scalars, seed, offset, training = call
+    return ops.launch(ops.signature(text, training), kernel, tensors, scalars, seed, offset)
 
 
 def fit(name: str, hidden: int | None) -> int | None:

@@ -19,7 +19,7 @@ from resgen.nn import FusedAddLayerNorm, FusedAddRMSNorm
 from resgen.passes.autodiff import grad
 from resgen.runtime import native, ops
 from resgen.verification import compare, random_inputs
-from tests.conftest import BACKENDS, CATALOG, DTYPES, device_of, fit
+from tests.conftest import BACKENDS, CATALOG, DTYPES, device_of, fit, op_arguments, python_path
 
 gpu = pytest.mark.gpu
 
@@ -144,18 +144,6 @@ def test_a_thread_that_never_used_the_device_can_launch(backend):
         assert compare("y", rg.bf16, out.y, want.y).ok
 
 
-def op_call(kernel: rg.Kernel, args: dict, seed: int = 0) -> tuple:
-    """The arguments of `resgen::run` for a call of `kernel` on `args`."""
-    return (kernel.op.text, kernel.op_kernel, [args[n] for n in kernel.op.tensors],
-            [float(args[n]) for n in kernel.op.scalars], seed, 0, False)
-
-
-def python_path(call: tuple) -> list[torch.Tensor]:
-    """What the op's Python kernel computes for `call` (resgen.runtime.ops.launch, no dispatcher)."""
-    text, kernel, tensors, scalars, seed, offset, training = call
-    return ops.launch(ops.signature(text, training), kernel, tensors, scalars, seed, offset)
-
-
 NATIVE_CASES = {  # (block, what its call exercises)
     "llama": rg.catalog.llama(rg.bf16),  # wide and narrow entries, fresh outputs
     "llama_fp32_residual": rg.catalog.llama_fp32_residual(rg.bf16),  # an in-place output: written to a copy
@@ -174,7 +162,7 @@ def test_the_ops_cpp_warm_path_matches_its_python_path(backend, hidden, case):
     device = device_of(backend)
     for lead, seed in (((1,), 5), ((3, 5), 6), ((3, 5), 2**64 - 1)):  # rows 1 and 15, a seed past int64
         args = random_inputs(block, lead, hidden, seed=len(lead), device=device)
-        call = op_call(kernel, args, seed - (1 << 64) if seed >= 1 << 63 else seed)
+        call = op_arguments(kernel, args, seed=seed - (1 << 64) if seed >= 1 << 63 else seed)
         before = {n: t.clone() for n, t in zip(kernel.op.tensors, call[2], strict=True)}
         want = python_path(call)
         first = native.counts()
@@ -190,7 +178,7 @@ def test_the_ops_cpp_warm_path_matches_its_python_path(backend, hidden, case):
         big = random_inputs(block, (4,), hidden + 1, seed=9, device=device)
         args = {n: (t[..., 1:] if t.dim() == 2 and t.shape[-1] == hidden + 1 else
                     t[1:] if t.dim() == 1 and t.shape[0] == hidden + 1 else t) for n, t in big.items()}
-        call = op_call(kernel, args)
+        call = op_arguments(kernel, args)
         want = python_path(call)
         for _ in range(2):
             for a, b in zip(ops.run(*call), want, strict=True):
@@ -204,7 +192,7 @@ def test_the_op_captures_in_a_cuda_graph_and_follows_the_current_stream():
     block = rg.catalog.llama(rg.bf16)
     k = rg.compile(block, 4096, backend="cuda")
     args = random_inputs(block, (64,), 4096, seed=2, device="cuda")
-    call = op_call(k, args)
+    call = op_arguments(k, args)
     ops.run(*call)  # the Python kernel runs it and leaves the C++ kernel its template
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())

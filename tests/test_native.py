@@ -16,15 +16,11 @@ import torch
 import resgen as rg
 from resgen.runtime import native, ops
 from resgen.verification import random_inputs
+from tests.conftest import op_arguments, python_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 needs_native = pytest.mark.skipif(ops.NATIVE is not None, reason=f"the op's kernels are Python here: {ops.NATIVE}")
-
-
-def call_of(kernel: rg.Kernel, args: dict) -> tuple:
-    return (kernel.op.text, kernel.op_kernel, [args[n] for n in kernel.op.tensors],
-            [float(args[n]) for n in kernel.op.scalars], 0, 0, False)
 
 
 def test_ci_serves_the_op_from_cpp():
@@ -37,14 +33,14 @@ def test_a_layout_is_handed_to_cpp_once_and_a_new_one_goes_to_python():
     block = rg.catalog.gpt2(rg.bf16)
     kernel = rg.compile(block, 328, backend="emu")
     args = random_inputs(block, (7,), 328, seed=1)
-    call = call_of(kernel, args)
+    call = op_arguments(kernel, args)
     start = native.counts()
     for _ in range(3):
         ops.run(*call)
     after = native.counts()
     assert (after["misses"] - start["misses"], after["hits"] - start["hits"]) == (1, 2)
     assert after["templates"] == start["templates"] + 1
-    wider = call_of(kernel, random_inputs(block, (9,), 328, seed=2))  # other shapes: another template
+    wider = op_arguments(kernel, random_inputs(block, (9,), 328, seed=2))  # other shapes: another template
     ops.run(*wider)
     ops.run(*wider)
     last = native.counts()
@@ -55,7 +51,7 @@ def test_a_layout_is_handed_to_cpp_once_and_a_new_one_goes_to_python():
 def test_a_sanitizing_kernel_stays_in_python_where_it_reports():
     block = rg.catalog.llama(rg.f32)
     kernel = rg.compile(block, 64, backend="emu", sanitize=True)
-    call = call_of(kernel, random_inputs(block, (3,), 64, seed=3))
+    call = op_arguments(kernel, random_inputs(block, (3,), 64, seed=3))
     start = native.counts()
     for _ in range(2):
         ops.run(*call)
@@ -68,7 +64,7 @@ def test_errors_from_the_python_side_keep_their_type_and_message():
     block = rg.catalog.llama(rg.bf16)
     kernel = rg.compile(block, 64, backend="emu")
     args = random_inputs(block, (3,), 64)
-    text, spec, tensors, scalars, *rest = call_of(kernel, args)
+    text, spec, tensors, scalars, *rest = op_arguments(kernel, args)
     with pytest.raises(rg.LaunchError, match="takes 3 tensors"):
         ops.run(text, spec, tensors[:2], scalars, *rest)
     with pytest.raises(rg.LaunchError, match="'weight'"):  # a layout the C++ kernel has never seen
@@ -108,8 +104,8 @@ def _warmed(kernel: rg.Kernel, tensors: list[torch.Tensor]):
 def test_threads_calling_the_op_get_their_own_results():
     block = rg.catalog.llama(rg.bf16)
     kernel = rg.compile(block, 256, backend="emu")
-    calls = [call_of(kernel, random_inputs(block, (rows,), 256, seed=rows)) for rows in (1, 2, 3, 4)]
-    want = [ops.launch(ops.signature(c[0]), c[1], c[2], c[3], 0, 0) for c in calls]
+    calls = [op_arguments(kernel, random_inputs(block, (rows,), 256, seed=rows)) for rows in (1, 2, 3, 4)]
+    want = [python_path(c) for c in calls]
     failures: list[str] = []
 
     def worker(k: int) -> None:

@@ -13,12 +13,7 @@ import resgen as rg
 from resgen.nn import FusedAddLayerNorm, FusedAddRMSNorm, FusedSandwichRMSNorm, LayerNorm, RMSNorm, add_norm
 from resgen.runtime import ops
 from resgen.verification import random_inputs
-from tests.conftest import CATALOG, fit
-
-
-def op_arguments(kernel: rg.Kernel, args: dict, training: bool, seed: int = 3) -> tuple:
-    tensors = [args[n] for n in kernel.op.tensors]
-    return (kernel.op.text, kernel.op_kernel, tensors, [float(args[n]) for n in kernel.op.scalars], seed, 0, training)
+from tests.conftest import CATALOG, fit, op_arguments
 
 
 @pytest.mark.parametrize("name", CATALOG)
@@ -31,7 +26,7 @@ def test_opcheck_passes_for_every_catalog_op(name):
         if p.op != "scalar":
             args[p.name].requires_grad_(trainable and p.op in ("input", "weight"))
     for training in (False, True) if trainable else (False,):
-        result = torch.library.opcheck(ops.run, op_arguments(kernel, args, training))
+        result = torch.library.opcheck(ops.run, op_arguments(kernel, args, training, seed=3))
         assert set(result.values()) == {"SUCCESS"}, result
 
 
@@ -41,7 +36,7 @@ def test_the_op_gives_the_kernels_outputs_bitwise(name):
     kernel = rg.compile(block, 1000, backend="emu")
     args = random_inputs(block, (37,), 1000, seed=2)
     direct = kernel(**{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in args.items()}, seed=3)
-    through = ops.run(*op_arguments(kernel, args, False))
+    through = ops.run(*op_arguments(kernel, args, False, seed=3))
     for o, got in zip(block.outputs, through, strict=False):
         assert torch.equal(got, direct[o.name]), o.name
     if block.outputs[-1].inplace:  # functional: the op wrote a copy, the input is as it was

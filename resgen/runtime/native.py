@@ -98,8 +98,8 @@ def encode(kernel: Kernel, template: LaunchTemplate) -> tuple[list[int], list[to
             return ctypes.cast(backend._launchers[name], ctypes.c_void_p).value
         return backend.functions(device.index)[name]
 
-    def launch(name: str, slots: ArgumentSlots, grid: int, threads: int, smem: int) -> list[int]:
-        return [entry(name), grid, threads, smem, *arguments(slots, index, sig.scalars)]
+    def launch(slots: ArgumentSlots, grid: int, threads: int, smem: int) -> list[int]:
+        return [grid, threads, smem, *arguments(slots, index, sig.scalars)]
 
     peel = next((e for e in plan.entries if e.peel), None)
     table = [BACKENDS[kernel.backend], *_runtime(kernel, device),
@@ -110,9 +110,9 @@ def encode(kernel: Kernel, template: LaunchTemplate) -> tuple[list[int], list[to
         table += [len(names), *(index[n] for n in names)]
     table += [plan.entries[0].align, int(template.strides_aligned), int(template.peel_strides),
               entry(plan.entries[0].name), entry(peel.name) if peel else 0, entry(plan.entries[-1].name)]
-    table += launch(plan.entries[0].name, template.arguments, template.grid, template.threads, template.smem_bytes)[1:]
+    table += launch(template.arguments, template.grid, template.threads, template.smem_bytes)
     if template.finalize is not None:
-        table += launch(plan.finalize.name, template.finalize, plan.finalize_grid(), plan.FINALIZE_THREADS, 0)
+        table += [entry(plan.finalize.name), *launch(template.finalize, plan.finalize_grid(), plan.FINALIZE_THREADS, 0)]
     else:
         table.append(0)
     return table, [torch.empty(0, dtype=dtype, device=device) for _n, _s, dtype in allocations]
